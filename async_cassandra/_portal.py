@@ -1,0 +1,178 @@
+"""Carrying driver completions into the event loop that awaits them.
+
+The driver completes requests by calling callbacks on its reactor thread, on its
+executor threads, or inline on the caller when the result is already there. A
+:class:`Portal` belongs to one running event loop. Any thread hands it ``(waiter,
+value)`` pairs with :meth:`Portal.deliver`; the portal queues them and makes sure at
+most one wake-up of its loop is pending, so a burst of completions costs one
+``call_soon_threadsafe`` (or ``run_sync_soon``), not one each. The drain then resolves
+the waiters on the loop thread.
+
+The portal never blocks the calling thread (a lock held for a few bytecodes is all),
+never raises into it, and drops results whose waiter was cancelled.
+
+Portals are looked up for the loop that is awaiting (:func:`current_portal`), never
+fixed when a session is made: a session made under one loop works under another.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import deque
+from typing import Any
+
+from anyio.lowlevel import current_token
+
+from ._backends import BackendKit, Waiter, kit_for
+
+__all__ = ["InFlightLimiter", "Portal", "current_portal"]
+
+
+class Portal:
+    """The hand-off from any thread into one event loop."""
+
+    __slots__ = ("__weakref__", "_kit", "_lock", "_queue", "_wake_pending", "wakeups")
+
+    def __init__(self, kit: BackendKit) -> None:
+        self._kit = kit
+        # deque.append and popleft are atomic in CPython, so producers on driver threads
+        # and the drain on the loop thread never need the lock for the queue itself.
+        self._queue: deque[tuple[Waiter, Any, BaseException | None]] = deque()
+        # Guards only the "a wake-up is already on its way" flag.
+        self._lock = threading.Lock()
+        self._wake_pending = False
+        self.wakeups = 0  # introspection: how many times the loop was woken
+
+    def new_waiter(self) -> Waiter:
+        """A waiter of this loop's backend. Call on the loop thread."""
+        return self._kit.new_waiter()
+
+    def deliver(self, waiter: Waiter, value: Any, error: BaseException | None = None) -> bool:
+        """Resolve ``waiter`` on its loop with ``value`` (or ``error``). Any thread.
+
+        Returns False if the loop was found gone, so the value was dropped.
+        """
+        self._queue.append((waiter, value, error))
+        with self._lock:
+            if self._wake_pending:
+                # The pending drain has not started yet, or has started but will see
+                # this item: it clears the flag *before* it empties the queue.
+                return True
+            self._wake_pending = True
+        if not self._kit.schedule_threadsafe(self._drain):
+            # The loop is gone; so are its waiters. Forget what was queued.
+            self._queue.clear()
+            return False
+        return True
+
+    @property
+    def pending(self) -> int:
+        """Completions queued but not yet handed to their waiters."""
+        return len(self._queue)
+
+    def _drain(self) -> None:
+        # On the loop thread. Clear the flag first: a producer that appends after this
+        # point schedules a new drain, so nothing is ever stranded in the queue.
+        with self._lock:
+            self._wake_pending = False
+        self.wakeups += 1
+        queue = self._queue
+        while queue:
+            waiter, value, error = queue.popleft()
+            # Waiters ignore results after cancellation and never raise.
+            if error is None:
+                waiter.set_result(value)
+            else:
+                waiter.set_exception(error)
+
+
+# One portal per running loop, keyed weakly by the loop's native token (the asyncio
+# loop, or trio's TrioToken) so a finished loop takes its portal with it.
+_portals: weakref.WeakKeyDictionary[object, Portal] = weakref.WeakKeyDictionary()
+_portals_lock = threading.Lock()  # loops in several threads may look up at once
+
+
+def current_portal() -> Portal:
+    """The portal of the running event loop, made on first use."""
+    token = current_token()
+    native = token.native_token
+    portal = _portals.get(native)
+    if portal is None:
+        with _portals_lock:
+            portal = _portals.get(native)
+            if portal is None:
+                portal = _portals[native] = Portal(kit_for(token))
+    return portal
+
+
+class InFlightLimiter:
+    """Bounds requests in flight for a session, shared by every loop that uses it.
+
+    ``anyio.CapacityLimiter`` belongs to one event loop; a session may be used from
+    several (one per test, or loops in threads), and slots are released by the driver's
+    threads when a request finishes. So the count lives under a thread lock, and a task
+    that has to wait parks a native waiter that the releasing thread resolves through
+    the waiter's own portal.
+    """
+
+    __slots__ = ("_in_use", "_limit", "_lock", "_waiting")
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("the in-flight limit must be at least 1")
+        self._limit = limit
+        self._in_use = 0
+        self._waiting: deque[tuple[Portal, Waiter]] = deque()
+        self._lock = threading.Lock()
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @property
+    def in_use(self) -> int:
+        """Slots held by requests the driver has not finished yet."""
+        return self._in_use
+
+    @property
+    def waiting(self) -> int:
+        """Tasks waiting for a slot."""
+        return len(self._waiting)
+
+    async def acquire(self, portal: Portal) -> None:
+        """Take a slot, waiting (as an ``await``) while all are in use."""
+        with self._lock:
+            if self._in_use < self._limit and not self._waiting:
+                self._in_use += 1
+                return
+            entry = (portal, portal.new_waiter())
+            self._waiting.append(entry)
+        try:
+            await entry[1].wait()
+        except BaseException:
+            with self._lock:
+                try:
+                    self._waiting.remove(entry)
+                    handed_over = False
+                except ValueError:
+                    # release() already gave us the slot before the cancellation won.
+                    handed_over = True
+            if handed_over:
+                self.release()
+            raise
+
+    def release(self) -> None:
+        """Give a slot back. Any thread (the driver's, when a request finishes)."""
+        with self._lock:
+            if self._waiting:
+                # Hand the slot straight to the next waiter: the count stays the same,
+                # so no newcomer can overtake it.
+                portal, waiter = self._waiting.popleft()
+            else:
+                self._in_use -= 1
+                return
+        if not portal.deliver(waiter, None):
+            # The waiter's loop is gone, and with it the task that would have used and
+            # released this slot: pass it on.
+            self.release()

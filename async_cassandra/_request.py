@@ -1,0 +1,153 @@
+"""One driver request, awaited page by page through the portal.
+
+The driver's ``ResponseFuture`` keeps its callbacks across pages: register them once,
+or page N fires N callbacks. So a :class:`DriverRequest` registers once and points the
+callbacks at whichever waiter is current; the loop thread sets that waiter *before* it
+asks the driver for the page, so the driver thread always sees the right one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import anyio
+from cassandra import OperationTimedOut
+from cassandra.cluster import ResponseFuture
+
+from ._backends import Waiter
+from ._portal import InFlightLimiter, Portal
+from .exceptions import TimeoutError, translate_driver_error
+
+__all__ = ["DriverRequest", "driver_timeout", "surface_deadline"]
+
+# A deadline that has already passed still becomes a positive driver timeout: the driver
+# treats 0 as "fire the timer now", which is right, but some policies divide by it.
+_MIN_DRIVER_TIMEOUT = 0.001
+_CLOCK_MARGIN = 0.05
+
+
+def driver_timeout(explicit: float | None) -> tuple[float | None, float | None]:
+    """The driver request timeout for a call made now, and the deadline behind it.
+
+    The timeout is the smaller of ``explicit`` and the time left before the caller's
+    effective anyio deadline, so ``with anyio.fail_after(0.3)`` around a call makes the
+    driver give up within 0.3 s too; None means the driver's default applies. The
+    second value is that anyio deadline when it is what set the timeout, else None.
+    """
+    deadline = anyio.current_effective_deadline()
+    if deadline == math.inf:
+        return explicit, None
+    remaining = max(deadline - anyio.current_time(), _MIN_DRIVER_TIMEOUT)
+    if explicit is not None and explicit <= remaining:
+        return explicit, None
+    return remaining, deadline
+
+
+async def surface_deadline(error: BaseException, deadline: float | None) -> None:
+    """Let the caller's cancel scope, not the driver, report a deadline it set.
+
+    When the driver's timer (armed from the caller's deadline) fires a hair before the
+    cancel scope does, the caller would see a driver ``OperationTimedOut`` escape a
+    ``move_on_after`` that should have swallowed it. Waiting until the deadline lets the
+    scope cancel us, so ``move_on_after`` and ``fail_after`` behave as they promise.
+    """
+    if deadline is not None and isinstance(error, OperationTimedOut):
+        # The driver's clock (time.time) and anyio's differ slightly: allow a margin.
+        with anyio.move_on_after(_CLOCK_MARGIN + max(deadline - anyio.current_time(), 0.0)):
+            await anyio.sleep_forever()
+
+
+class DriverRequest:
+    """Bridges one ``ResponseFuture`` into the awaiting loop, one page at a time.
+
+    Holds one in-flight slot of ``limiter`` per page being fetched; the slot is released
+    on the driver's thread the moment the driver finishes that page, whether or not
+    anyone still waits for it (a cancelled caller detaches; CQL has no cancel message).
+    """
+
+    __slots__ = ("_awaited", "_limiter", "_portal", "_waiter", "future", "pages_requested")
+
+    def __init__(self, future: ResponseFuture, limiter: InFlightLimiter, portal: Portal) -> None:
+        self.future = future
+        self._limiter = limiter
+        self._portal = portal
+        # _waiter is the driver side's: taken (set to None) by the callback that
+        # finishes the page. _awaited is the loop side's copy of the same waiter, since
+        # the callback may have run before page() is awaited.
+        self._waiter: Waiter | None = portal.new_waiter()
+        self._awaited = self._waiter
+        self.pages_requested = 1
+        # May run a callback inline, right here on the loop thread, when the driver
+        # already has the result: the waiter is in place, so that is fine.
+        future.add_callbacks(self._on_page, self._on_error)
+
+    # -- driver side: any thread -------------------------------------------------
+
+    def _on_page(self, rows: Any) -> None:
+        self._finish(rows, None)
+
+    def _on_error(self, error: BaseException) -> None:
+        self._finish(None, error)
+
+    def _finish(self, rows: Any, error: BaseException | None) -> None:
+        # Runs on the reactor thread, an executor thread or inline. Read the waiter and
+        # portal the loop thread set before it asked for this page; it will not touch
+        # them again until it asks for the next page, which needs this one finished.
+        waiter, portal = self._waiter, self._portal
+        self._waiter = None
+        self._limiter.release()
+        if waiter is not None:
+            portal.deliver(waiter, rows, error)
+
+    # -- loop side ------------------------------------------------------------------
+
+    async def page(self, deadline: float | None = None) -> Any:
+        """Wait for the page last asked for. Cancellation detaches from it.
+
+        ``deadline``: the caller's anyio deadline, if it set the driver timeout.
+        """
+        try:
+            return await self._awaited.wait()
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as error:
+            await surface_deadline(error, deadline)
+            raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
+
+    async def next_page(self, portal: Portal, timeout: float | None) -> Any:
+        """Ask for the next page and wait at most ``timeout`` seconds for it.
+
+        The driver stops timing a request after its first page, so this deadline is
+        ours: a stuck later page raises :class:`~async_cassandra.TimeoutError` instead
+        of waiting for the connection's heartbeat to fail (30 s or more).
+        """
+        await self._limiter.acquire(portal)
+        self._portal = portal
+        self._waiter = self._awaited = portal.new_waiter()
+        self.pages_requested += 1
+        try:
+            self.future.start_fetching_next_page()
+        except BaseException as error:
+            self._waiter = None
+            self._limiter.release()
+            raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
+        if timeout is None:
+            return await self.page()
+        with anyio.move_on_after(timeout) as scope:
+            return await self.page()
+        assert scope.cancelled_caught
+        raise TimeoutError(
+            f"page {self.pages_requested} did not arrive within {timeout:g} s; the server "
+            "or the connection is stalled (the request may still be running there)"
+        )
+
+    def release_callbacks(self) -> None:
+        """Unregister from the future once no page is outstanding.
+
+        Breaks the future -> callback -> request -> future cycle at once instead of
+        leaving it to the cycle collector. A page still outstanding keeps its callbacks:
+        they release its in-flight slot when the driver finishes it.
+        """
+        if self._waiter is None:
+            self.future.clear_callbacks()

@@ -1,0 +1,252 @@
+"""The cluster: :class:`AsyncCluster`."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from types import TracebackType
+from typing import Any
+
+import anyio
+import cassandra.cluster
+from cassandra.auth import PlainTextAuthProvider
+from cassandra.cluster import Cluster as DriverCluster
+
+from .exceptions import ConfigurationError, ConnectionError, translate_driver_error
+from .session import CLOSE_TIMEOUT, AsyncCassandraSession
+
+__all__ = ["AsyncCluster"]
+
+MIN_PROTOCOL_VERSION = 5
+# Connecting does several round trips per host plus schema reads; a bound keeps a
+# forgotten firewall rule from hanging start-up forever.
+DEFAULT_CONNECT_TIMEOUT = 60.0
+
+
+def _protocol_error(version: int, *, negotiated: bool) -> ConfigurationError:
+    how = "the server speaks at most" if negotiated else "protocol_version is"
+    return ConfigurationError(
+        f"CQL native protocol v{version} is not supported ({how} v{version}): "
+        f"async-cassandra requires protocol v{MIN_PROTOCOL_VERSION} or higher, which "
+        "Cassandra 4.0 and later speak. "
+        + (
+            "Upgrade the server to Cassandra 4.0+."
+            if negotiated
+            else "Leave protocol_version unset to negotiate, or set it to 5."
+        )
+    )
+
+
+class AsyncCluster:
+    """A Cassandra cluster to connect to, for async code (asyncio or trio).
+
+    Takes the driver ``Cluster``'s keywords (``connect_timeout``,
+    ``execution_profiles``, ``compression``, ...) and passes every one through.
+    Creating it does no I/O; :meth:`connect` does. Use it as ``async with
+    AsyncCluster([...]) as cluster``, or call :meth:`shutdown` yourself.
+
+    Raises :class:`ConfigurationError` for an unknown keyword or a ``protocol_version``
+    below 5.
+    """
+
+    def __init__(
+        self,
+        contact_points: list[str] | None = None,
+        port: int = 9042,
+        auth_provider: Any = None,
+        load_balancing_policy: Any = None,
+        reconnection_policy: Any = None,
+        retry_policy: Any = None,
+        ssl_context: Any = None,
+        protocol_version: int | None = None,
+        executor_threads: int = 2,
+        max_schema_agreement_wait: int = 10,
+        control_connection_timeout: float = 2.0,
+        idle_heartbeat_interval: float = 30.0,
+        schema_event_refresh_window: float = 2.0,
+        topology_event_refresh_window: float = 10.0,
+        connect_timeout: float = 10.0,
+        *,
+        max_concurrent_requests: int | None = None,
+        **driver_kwargs: Any,
+    ) -> None:
+        if protocol_version is not None and protocol_version < MIN_PROTOCOL_VERSION:
+            raise _protocol_error(protocol_version, negotiated=False)
+        options: dict[str, Any] = {
+            "contact_points": contact_points if contact_points is not None else ["127.0.0.1"],
+            "port": port,
+            "executor_threads": executor_threads,
+            "max_schema_agreement_wait": max_schema_agreement_wait,
+            "control_connection_timeout": control_connection_timeout,
+            "idle_heartbeat_interval": idle_heartbeat_interval,
+            "schema_event_refresh_window": schema_event_refresh_window,
+            "topology_event_refresh_window": topology_event_refresh_window,
+            "connect_timeout": connect_timeout,
+        }
+        # Pass only what was given: the driver tells "unset" from None for several.
+        for name, value in (
+            ("auth_provider", auth_provider),
+            ("load_balancing_policy", load_balancing_policy),
+            ("reconnection_policy", reconnection_policy),
+            ("default_retry_policy", retry_policy),
+            ("ssl_context", ssl_context),
+            ("protocol_version", protocol_version),
+        ):
+            if value is not None:
+                options[name] = value
+        options.update(driver_kwargs)
+        try:
+            # No I/O: the driver only records its configuration here.
+            self._cluster = DriverCluster(**options)
+        except TypeError as error:
+            raise ConfigurationError(f"invalid AsyncCluster option: {error}") from error
+        except Exception as error:
+            raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
+        self._max_concurrent_requests = max_concurrent_requests
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._sessions: weakref.WeakSet[AsyncCassandraSession] = weakref.WeakSet()
+
+    @classmethod
+    def create_with_auth(
+        cls,
+        contact_points: list[str] | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        **kwargs: Any,
+    ) -> AsyncCluster:
+        """An :class:`AsyncCluster` that logs in with a username and password."""
+        if not username or password is None:
+            raise ConfigurationError("create_with_auth needs both a username and a password")
+        return cls(
+            contact_points=contact_points,
+            auth_provider=PlainTextAuthProvider(username=username, password=password),
+            **kwargs,
+        )
+
+    # -- state -----------------------------------------------------------------------
+
+    @property
+    def driver_cluster(self) -> DriverCluster:
+        """The wrapped ``cassandra.cluster.Cluster``."""
+        return self._cluster
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed
+
+    @property
+    def metadata(self) -> Any:
+        """The driver's cluster metadata (hosts, keyspaces, tables)."""
+        return self._cluster.metadata
+
+    @property
+    def protocol_version(self) -> int:
+        """The CQL protocol version in use (negotiated once connected)."""
+        return self._cluster.protocol_version  # type: ignore[no-any-return]
+
+    def register_user_type(self, keyspace: str, user_type: str, klass: type) -> None:
+        """Map a CQL user-defined type to a Python class (the driver's method)."""
+        try:
+            self._cluster.register_user_type(keyspace, user_type, klass)
+        except Exception as error:
+            raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
+
+    # -- connecting ------------------------------------------------------------------
+
+    async def connect(
+        self, keyspace: str | None = None, timeout: float | None = None
+    ) -> AsyncCassandraSession:
+        """Connect and return a session (bound to ``keyspace`` if given).
+
+        The driver's connect blocks, so it runs in a worker thread; the event loop
+        stays free. Bounded by ``timeout`` (default 60 s). Cancellation returns at
+        once; a connection that completes afterwards is closed by the worker.
+
+        Raises :class:`ConnectionError` (no host reachable, cluster shut down),
+        :class:`AuthenticationError`, :class:`QueryError` (unknown keyspace),
+        :class:`ConfigurationError` (a server that only speaks protocol v4 or lower),
+        :class:`TimeoutError`.
+        """
+        if self._closed:
+            raise ConnectionError(
+                "this cluster is shut down; create a new AsyncCluster to connect again"
+            )
+        abandoned = threading.Event()
+
+        def connect_in_thread() -> cassandra.cluster.Session:
+            session = self._cluster.connect(keyspace)
+            if abandoned.is_set():
+                # Nobody awaits this session any more: close it here, in the worker,
+                # rather than leaving open connections behind.
+                session.shutdown()
+            return session
+
+        try:
+            with anyio.fail_after(timeout if timeout is not None else DEFAULT_CONNECT_TIMEOUT):
+                try:
+                    driver_session = await anyio.to_thread.run_sync(
+                        connect_in_thread, abandon_on_cancel=True
+                    )
+                except BaseException:
+                    abandoned.set()
+                    raise
+        except Exception as error:
+            raise translate_driver_error(error, hint=self._connect_hint(error))  # noqa: B904
+        negotiated = self._cluster.protocol_version
+        if negotiated < MIN_PROTOCOL_VERSION:
+            # The driver negotiated down to what an old server speaks. Not retried:
+            # no retry makes the server newer.
+            await self.shutdown()
+            raise _protocol_error(negotiated, negotiated=True)
+        session = AsyncCassandraSession(
+            driver_session, self, max_concurrent_requests=self._max_concurrent_requests
+        )
+        self._sessions.add(session)
+        return session
+
+    def _connect_hint(self, error: BaseException) -> str | None:
+        if not isinstance(error, cassandra.cluster.NoHostAvailable):
+            return None
+        points = ", ".join(f"{h}:{self._cluster.port}" for h in self._cluster.contact_points)
+        return (
+            f"Could not connect to {points}: check that Cassandra is running and "
+            "listening there, and that the credentials and TLS settings (ssl_context) "
+            "match the server's"
+        )
+
+    # -- closing ---------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Close every session and connection of this cluster. Idempotent.
+
+        Shielded from cancellation and bounded in time; runs off the event loop
+        (the driver's shutdown blocks while it joins its threads). Works from any
+        loop, also after the loop that created the cluster has closed.
+        """
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        for session in list(self._sessions):
+            # The driver's cluster shutdown closes the driver sessions; mark ours.
+            session._closed = True
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
+            await anyio.to_thread.run_sync(self._cluster.shutdown, abandon_on_cancel=True)
+
+    close = shutdown
+
+    async def __aenter__(self) -> AsyncCluster:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()
+
+    def __repr__(self) -> str:
+        state = "shut down" if self._closed else "open"
+        return f"<AsyncCluster contact_points={self._cluster.contact_points!r} {state}>"

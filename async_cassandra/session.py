@@ -1,0 +1,281 @@
+"""The session: :class:`AsyncCassandraSession`."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from cassandra.cluster import _NOT_SET, EXEC_PROFILE_DEFAULT
+from cassandra.cluster import Session as DriverSession
+from cassandra.query import PreparedStatement, Statement
+
+from ._portal import InFlightLimiter, current_portal
+from ._request import DriverRequest, driver_timeout
+from .exceptions import ConnectionError, QueryError, translate_driver_error
+from .result import AsyncResultSet
+
+if TYPE_CHECKING:
+    from .cluster import AsyncCluster
+
+__all__ = ["AsyncCassandraSession"]
+
+# How long closing may take before we stop waiting for the driver (it goes on in a
+# worker thread). Closing runs shielded, so it needs a bound of its own.
+CLOSE_TIMEOUT = 10.0
+# Per connected host. The driver allows 32767 stream ids per connection and blocks the
+# calling thread (our event loop) when they run out; 1024 keeps far below that, and
+# bounds the memory and server queue one session can fill.
+DEFAULT_IN_FLIGHT_PER_HOST = 1024
+PREPARED_CACHE_SIZE = 512
+
+_VALID_KEYSPACE = re.compile(r"^[A-Za-z0-9_]{1,48}$")
+# String literals ('it''s'), quoted identifiers and comments hide bind markers.
+_NOT_CODE = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|//[^\n]*|/\*.*?\*/", re.S)
+_BIND_MARKER = re.compile(r"\?|(?<![:\w]):[A-Za-z_]\w*")
+
+
+def _uses_bind_markers(query: str) -> bool:
+    code = _NOT_CODE.sub(" ", query)
+    return "%s" not in code and "%(" not in code and _BIND_MARKER.search(code) is not None
+
+
+class AsyncCassandraSession:
+    """A connection to the cluster (optionally bound to a keyspace), for async code.
+
+    Made by :meth:`AsyncCluster.connect`; use it as ``async with await
+    cluster.connect(...) as session``. A session is not tied to the event loop it was
+    made under: use it from any loop, asyncio or trio, in any thread.
+
+    Requests in flight are bounded (``max_concurrent_requests``); when the bound is
+    reached, further calls wait as an ``await`` instead of blocking the loop inside
+    the driver.
+    """
+
+    def __init__(
+        self,
+        driver_session: DriverSession,
+        cluster: AsyncCluster | None = None,
+        *,
+        max_concurrent_requests: int | None = None,
+    ) -> None:
+        self._session = driver_session
+        self._cluster = cluster
+        if max_concurrent_requests is None:
+            hosts = max(1, len(driver_session.get_pools()))
+            max_concurrent_requests = hosts * DEFAULT_IN_FLIGHT_PER_HOST
+        self._limiter = InFlightLimiter(max_concurrent_requests)
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._prepared: OrderedDict[str, PreparedStatement] = OrderedDict()
+
+    # -- state -----------------------------------------------------------------------
+
+    @property
+    def driver_session(self) -> DriverSession:
+        """The wrapped ``cassandra.cluster.Session`` (do not call its blocking methods
+        on the event loop)."""
+        return self._session
+
+    @property
+    def keyspace(self) -> str | None:
+        keyspace: str | None = self._session.keyspace
+        return keyspace
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed or bool(self._session.is_shutdown)
+
+    @property
+    def max_concurrent_requests(self) -> int:
+        return self._limiter.limit
+
+    @property
+    def requests_in_flight(self) -> int:
+        """Driver requests (pages) started and not yet finished by the driver.
+
+        A cancelled call's request stays here until the driver finishes it.
+        """
+        return self._limiter.in_use
+
+    @property
+    def requests_waiting(self) -> int:
+        """Calls waiting for an in-flight slot."""
+        return self._limiter.waiting
+
+    def _check_open(self) -> DriverSession:
+        if self.is_closed:
+            raise ConnectionError(
+                "this session is closed; open a new one with `await cluster.connect()`"
+            )
+        return self._session
+
+    # -- queries ---------------------------------------------------------------------
+
+    async def execute(
+        self,
+        query: str | Statement | PreparedStatement,
+        parameters: Any = None,
+        *,
+        timeout: float | None = None,
+        trace: bool = False,
+        custom_payload: dict[str, bytes] | None = None,
+        execution_profile: Any = EXEC_PROFILE_DEFAULT,
+        paging_state: bytes | None = None,
+        host: Any = None,
+        execute_as: str | None = None,
+        prepare: bool = False,
+    ) -> AsyncResultSet:
+        """Run ``query`` and return all its rows.
+
+        ``query`` is a CQL string (``%s`` / ``%(name)s`` parameters), a
+        ``SimpleStatement``, a ``PreparedStatement`` or ``BoundStatement`` (``?`` /
+        ``:name`` parameters), or a ``BatchStatement``, exactly as the driver takes
+        them. A CQL string with ``?`` markers must be prepared: pass ``prepare=True``
+        to prepare it once through the session's cache.
+
+        The driver request timeout is the smaller of ``timeout`` and the time left
+        before the caller's anyio deadline. Every page after the first is waited for
+        at most ``timeout`` (or the driver session's ``default_timeout``) as well.
+
+        Cancellation returns at once and detaches from the request: CQL has no cancel
+        message, so the server may still run it, and a cancelled write **may or may
+        not have been applied**. Its late response is discarded.
+
+        Raises :class:`QueryError` (bad CQL, schema, parameters), :class:`TimeoutError`,
+        :class:`ConnectionError` (no host, closed session), each also an instance of
+        the driver's own exception class.
+        """
+        session = self._check_open()
+        query = await self._resolve(query, parameters, prepare)
+        portal = current_portal()
+        timeout_for_driver, deadline = driver_timeout(timeout)
+        await self._limiter.acquire(portal)
+        try:
+            future = session.execute_async(
+                query,
+                parameters,
+                trace,
+                custom_payload,
+                _NOT_SET if timeout_for_driver is None else timeout_for_driver,
+                execution_profile,
+                paging_state,
+                host,
+                execute_as,
+            )
+        except BaseException as error:
+            self._limiter.release()
+            raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
+        request = DriverRequest(future, self._limiter, portal)
+        rows = _page_rows(await request.page(deadline))
+        if paging_state is None and future.has_more_pages:
+            # Later pages are not timed by the driver; give each a deadline of ours.
+            page_timeout = timeout if timeout is not None else session.default_timeout
+            rows = list(rows)
+            while future.has_more_pages:
+                rows.extend(_page_rows(await request.next_page(portal, page_timeout)))
+        request.release_callbacks()
+        return AsyncResultSet(rows, future, paging_state=future._paging_state)
+
+    async def execute_batch(self, batch: Statement, **kwargs: Any) -> AsyncResultSet:
+        """Run a ``BatchStatement``; the keywords are those of :meth:`execute`."""
+        return await self.execute(batch, **kwargs)
+
+    async def prepare(
+        self,
+        query: str,
+        custom_payload: dict[str, bytes] | None = None,
+        timeout: float | None = None,
+    ) -> PreparedStatement:
+        """Prepare ``query`` on the cluster, without blocking the event loop.
+
+        The driver's prepare blocks its caller, so it runs in a worker thread. On
+        cancellation or ``timeout`` this returns at once; the worker finishes the
+        prepare by itself (it is harmless). Raises :class:`QueryError` for invalid
+        CQL, :class:`TimeoutError`, :class:`ConnectionError`.
+        """
+        session = self._check_open()
+        try:
+            with anyio.fail_after(timeout if timeout is not None else session.default_timeout):
+                return await anyio.to_thread.run_sync(
+                    session.prepare, query, custom_payload, abandon_on_cancel=True
+                )
+        except Exception as error:
+            raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
+
+    async def _resolve(self, query: Any, parameters: Any, prepare: bool) -> Any:
+        if not isinstance(query, str):
+            return query
+        if prepare:
+            return await self._cached_prepare(query)
+        if parameters is not None and _uses_bind_markers(query):
+            raise QueryError(
+                "this CQL string uses ? or :name bind markers, which only prepared "
+                "statements take: `stmt = await session.prepare(query)` then "
+                "`await session.execute(stmt, parameters)`, or pass prepare=True "
+                "(or use %s markers for a plain string)"
+            )
+        return query
+
+    async def _cached_prepare(self, query: str) -> PreparedStatement:
+        prepared = self._prepared.get(query)
+        if prepared is None:
+            prepared = await self.prepare(query)
+            self._prepared[query] = prepared
+            while len(self._prepared) > PREPARED_CACHE_SIZE:
+                self._prepared.popitem(last=False)
+        else:
+            self._prepared.move_to_end(query)
+        return prepared
+
+    async def set_keyspace(self, keyspace: str) -> None:
+        """Make ``keyspace`` the default for this session's unqualified tables.
+
+        Raises :class:`QueryError` for a name that is not a valid keyspace name (before
+        any I/O) or a keyspace that does not exist.
+        """
+        if not isinstance(keyspace, str) or not _VALID_KEYSPACE.match(keyspace):
+            raise QueryError(
+                f"{keyspace!r} is not a valid keyspace name: use 1 to 48 letters, digits "
+                "or underscores"
+            )
+        await self.execute(f'USE "{keyspace}"')
+
+    # -- closing ---------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close the session's connections. Idempotent; safe to call from any loop.
+
+        Runs shielded from cancellation, bounded by a timeout of its own, and off the
+        event loop (the driver's shutdown blocks). Requests still in flight fail with
+        :class:`ConnectionError`.
+        """
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
+            await anyio.to_thread.run_sync(self._session.shutdown, abandon_on_cancel=True)
+
+    async def __aenter__(self) -> AsyncCassandraSession:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.is_closed else "open"
+        return f"<AsyncCassandraSession keyspace={self.keyspace!r} {state}>"
+
+
+def _page_rows(page: Any) -> Any:
+    # The driver hands callbacks None for results without rows (INSERT, DDL, USE).
+    return () if page is None else page
