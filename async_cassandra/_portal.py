@@ -140,11 +140,24 @@ class InFlightLimiter:
         """Tasks waiting for a slot."""
         return len(self._waiting)
 
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free right now, without waiting. Any thread."""
+        with self._lock:
+            return self._take_locked()
+
+    def _take_locked(self) -> bool:
+        # Waiters come first: a newcomer never overtakes a task already waiting.
+        if self._in_use < self._limit and not self._waiting:
+            self._in_use += 1
+            return True
+        return False
+
     async def acquire(self, portal: Portal) -> None:
         """Take a slot, waiting (as an ``await``) while all are in use."""
         with self._lock:
-            if self._in_use < self._limit and not self._waiting:
-                self._in_use += 1
+            # Checking and queueing under one hold of the lock: a release between the
+            # two would otherwise free a slot that nobody is told about.
+            if self._take_locked():
                 return
             entry = (portal, portal.new_waiter())
             self._waiting.append(entry)

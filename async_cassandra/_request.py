@@ -9,6 +9,7 @@ asks the driver for the page, so the driver thread always sees the right one.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import anyio
@@ -64,20 +65,46 @@ class DriverRequest:
     Holds one in-flight slot of ``limiter`` per page being fetched; the slot is released
     on the driver's thread the moment the driver finishes that page, whether or not
     anyone still waits for it (a cancelled caller detaches; CQL has no cancel message).
+
+    While its callbacks are registered with the future, the request is a member of
+    ``registry`` (the session's introspection of live requests); it leaves when it is
+    done: after its last page, or, once detached, when the driver finishes the page
+    nobody waits for any more.
     """
 
-    __slots__ = ("_awaited", "_limiter", "_portal", "_waiter", "future", "pages_requested")
+    __slots__ = (
+        "_awaited",
+        "_detached",
+        "_limiter",
+        "_lock",
+        "_portal",
+        "_registry",
+        "_waiter",
+        "future",
+        "pages_requested",
+    )
 
-    def __init__(self, future: ResponseFuture, limiter: InFlightLimiter, portal: Portal) -> None:
+    def __init__(
+        self,
+        future: ResponseFuture,
+        limiter: InFlightLimiter,
+        portal: Portal,
+        registry: set[DriverRequest],
+    ) -> None:
         self.future = future
         self._limiter = limiter
         self._portal = portal
+        self._registry = registry
+        # Orders the driver thread finishing a page against the loop thread detaching.
+        self._lock = threading.Lock()
+        self._detached = False
         # _waiter is the driver side's: taken (set to None) by the callback that
         # finishes the page. _awaited is the loop side's copy of the same waiter, since
         # the callback may have run before page() is awaited.
         self._waiter: Waiter | None = portal.new_waiter()
         self._awaited = self._waiter
         self.pages_requested = 1
+        registry.add(self)  # set.add is atomic; the driver thread may discard at once
         # May run a callback inline, right here on the loop thread, when the driver
         # already has the result: the waiter is in place, so that is fine.
         future.add_callbacks(self._on_page, self._on_error)
@@ -94,22 +121,33 @@ class DriverRequest:
         # Runs on the reactor thread, an executor thread or inline. Read the waiter and
         # portal the loop thread set before it asked for this page; it will not touch
         # them again until it asks for the next page, which needs this one finished.
-        waiter, portal = self._waiter, self._portal
-        self._waiter = None
+        with self._lock:
+            waiter, portal = self._waiter, self._portal
+            self._waiter = None
+            detached = self._detached
         self._limiter.release()
-        if waiter is not None:
+        if detached:
+            self._retire()  # nobody waits: drop the result and our callbacks
+        elif waiter is not None:
             portal.deliver(waiter, rows, error)
+
+    def _retire(self) -> None:
+        # Any thread. Breaks the future -> callback -> request cycle now instead of
+        # leaving it to the cycle collector.
+        self.future.clear_callbacks()
+        self._registry.discard(self)
 
     # -- loop side ------------------------------------------------------------------
 
     async def page(self, deadline: float | None = None) -> Any:
-        """Wait for the page last asked for. Cancellation detaches from it.
+        """Wait for the page last asked for. Cancellation detaches from the request.
 
         ``deadline``: the caller's anyio deadline, if it set the driver timeout.
         """
         try:
             return await self._awaited.wait()
         except anyio.get_cancelled_exc_class():
+            self.detach()
             raise
         except Exception as error:
             await surface_deadline(error, deadline)
@@ -123,15 +161,7 @@ class DriverRequest:
         of waiting for the connection's heartbeat to fail (30 s or more).
         """
         await self._limiter.acquire(portal)
-        self._portal = portal
-        self._waiter = self._awaited = portal.new_waiter()
-        self.pages_requested += 1
-        try:
-            self.future.start_fetching_next_page()
-        except BaseException as error:
-            self._waiter = None
-            self._limiter.release()
-            raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
+        self.start_next_page(portal)
         if timeout is None:
             return await self.page()
         with anyio.move_on_after(timeout) as scope:
@@ -142,12 +172,36 @@ class DriverRequest:
             "or the connection is stalled (the request may still be running there)"
         )
 
-    def release_callbacks(self) -> None:
-        """Unregister from the future once no page is outstanding.
+    def start_next_page(self, portal: Portal, waiter: Waiter | None = None) -> None:
+        """Ask the driver for the next page; an in-flight slot must be held.
 
-        Breaks the future -> callback -> request -> future cycle at once instead of
-        leaving it to the cycle collector. A page still outstanding keeps its callbacks:
-        they release its in-flight slot when the driver finishes it.
+        The page goes to ``waiter`` (default: a new one, for :meth:`page`) on
+        ``portal``'s loop. Loop thread.
         """
-        if self._waiter is None:
-            self.future.clear_callbacks()
+        self._portal = portal
+        self._waiter = self._awaited = waiter if waiter is not None else portal.new_waiter()
+        self.pages_requested += 1
+        try:
+            self.future.start_fetching_next_page()
+        except BaseException as error:
+            self._waiter = None
+            self._limiter.release()
+            self.detach()
+            raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
+
+    def detach(self) -> None:
+        """Stop waiting for this request. Loop thread; idempotent.
+
+        If no page is outstanding the callbacks go now; otherwise the driver thread
+        drops them when it finishes the page.
+        """
+        with self._lock:
+            self._detached = True
+            finished = self._waiter is None
+        if finished:
+            self._retire()
+
+    @property
+    def done(self) -> bool:
+        """No page outstanding and no more pages to fetch."""
+        return self._waiter is None and not self.future.has_more_pages

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 import threading
 from collections import OrderedDict
@@ -11,12 +12,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from cassandra.cluster import _NOT_SET, EXEC_PROFILE_DEFAULT
 from cassandra.cluster import Session as DriverSession
-from cassandra.query import PreparedStatement, Statement
+from cassandra.query import PreparedStatement, SimpleStatement, Statement
 
 from ._portal import InFlightLimiter, current_portal
 from ._request import DriverRequest, driver_timeout
 from .exceptions import ConnectionError, QueryError, translate_driver_error
 from .result import AsyncResultSet
+from .streaming import AsyncStreamingResultSet, StreamConfig
 
 if TYPE_CHECKING:
     from .cluster import AsyncCluster
@@ -71,6 +73,8 @@ class AsyncCassandraSession:
         self._closed = False
         self._close_lock = threading.Lock()
         self._prepared: OrderedDict[str, PreparedStatement] = OrderedDict()
+        # Driver requests whose callbacks are still registered (introspection).
+        self._requests: set[DriverRequest] = set()
 
     # -- state -----------------------------------------------------------------------
 
@@ -102,6 +106,14 @@ class AsyncCassandraSession:
         return self._limiter.in_use
 
     @property
+    def requests_registered(self) -> int:
+        """Driver requests that still have our callbacks registered.
+
+        Includes requests whose caller was cancelled, until the driver finishes them.
+        """
+        return len(self._requests)
+
+    @property
     def requests_waiting(self) -> int:
         """Calls waiting for an in-flight slot."""
         return self._limiter.waiting
@@ -128,14 +140,21 @@ class AsyncCassandraSession:
         host: Any = None,
         execute_as: str | None = None,
         prepare: bool = False,
+        fetch_size: int | None = None,
     ) -> AsyncResultSet:
-        """Run ``query`` and return all its rows.
+        """Run ``query`` and return its rows: every page, unless asked for one.
 
         ``query`` is a CQL string (``%s`` / ``%(name)s`` parameters), a
         ``SimpleStatement``, a ``PreparedStatement`` or ``BoundStatement`` (``?`` /
         ``:name`` parameters), or a ``BatchStatement``, exactly as the driver takes
         them. A CQL string with ``?`` markers must be prepared: pass ``prepare=True``
         to prepare it once through the session's cache.
+
+        One page only: pass ``fetch_size`` (rows per page) and/or ``paging_state``
+        (where a previous result's :attr:`~AsyncResultSet.paging_state` left off); the
+        result's ``paging_state`` and ``has_more_pages`` say where to resume. Hand a
+        paging state to a web client only signed: see :mod:`async_cassandra.paging`.
+        For large results use :meth:`execute_stream` (bounded memory).
 
         The driver request timeout is the smaller of ``timeout`` and the time left
         before the caller's anyio deadline. Every page after the first is waited for
@@ -149,12 +168,58 @@ class AsyncCassandraSession:
         :class:`ConnectionError` (no host, closed session), each also an instance of
         the driver's own exception class.
         """
+        request, first_page = await self.start_request(
+            query,
+            parameters,
+            timeout=timeout,
+            trace=trace,
+            custom_payload=custom_payload,
+            execution_profile=execution_profile,
+            paging_state=paging_state,
+            host=host,
+            execute_as=execute_as,
+            prepare=prepare,
+            fetch_size=fetch_size,
+        )
+        future = request.future
+        rows = _page_rows(first_page)
+        if paging_state is None and fetch_size is None and future.has_more_pages:
+            # Later pages are not timed by the driver; give each a deadline of ours.
+            page_timeout = timeout if timeout is not None else self._session.default_timeout
+            portal = current_portal()
+            rows = list(rows)
+            while future.has_more_pages:
+                rows.extend(_page_rows(await request.next_page(portal, page_timeout)))
+        request.detach()
+        return AsyncResultSet(rows, future, paging_state=future._paging_state)
+
+    async def start_request(
+        self,
+        query: str | Statement | PreparedStatement,
+        parameters: Any = None,
+        *,
+        timeout: float | None = None,
+        trace: bool = False,
+        custom_payload: dict[str, bytes] | None = None,
+        execution_profile: Any = EXEC_PROFILE_DEFAULT,
+        paging_state: bytes | None = None,
+        host: Any = None,
+        execute_as: str | None = None,
+        prepare: bool = False,
+        fetch_size: int | None = None,
+    ) -> tuple[DriverRequest, Any]:
+        """Send ``query`` and wait for its first page (the mechanism behind
+        :meth:`execute` and :meth:`execute_stream`; not public API)."""
         session = self._check_open()
         query = await self._resolve(query, parameters, prepare)
+        if fetch_size is not None:
+            query, parameters = _with_fetch_size(query, parameters, fetch_size)
         portal = current_portal()
         timeout_for_driver, deadline = driver_timeout(timeout)
         await self._limiter.acquire(portal)
         try:
+            # On the loop thread: execute_async only binds and queues the request on a
+            # connection; the in-flight bound keeps it from blocking on stream ids.
             future = session.execute_async(
                 query,
                 parameters,
@@ -169,16 +234,60 @@ class AsyncCassandraSession:
         except BaseException as error:
             self._limiter.release()
             raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
-        request = DriverRequest(future, self._limiter, portal)
-        rows = _page_rows(await request.page(deadline))
-        if paging_state is None and future.has_more_pages:
-            # Later pages are not timed by the driver; give each a deadline of ours.
-            page_timeout = timeout if timeout is not None else session.default_timeout
-            rows = list(rows)
-            while future.has_more_pages:
-                rows.extend(_page_rows(await request.next_page(portal, page_timeout)))
-        request.release_callbacks()
-        return AsyncResultSet(rows, future, paging_state=future._paging_state)
+        request = DriverRequest(future, self._limiter, portal, self._requests)
+        try:
+            first_page = await request.page(deadline)
+        except BaseException:
+            request.detach()
+            raise
+        return request, first_page
+
+    async def execute_stream(
+        self,
+        query: str | Statement | PreparedStatement,
+        parameters: Any = None,
+        *,
+        stream_config: StreamConfig | None = None,
+        timeout: float | None = None,
+        trace: bool = False,
+        custom_payload: dict[str, bytes] | None = None,
+        execution_profile: Any = EXEC_PROFILE_DEFAULT,
+        paging_state: bytes | None = None,
+        host: Any = None,
+        execute_as: str | None = None,
+        prepare: bool = False,
+    ) -> AsyncStreamingResultSet:
+        """Run ``query`` and stream its rows page by page, in bounded memory.
+
+        Returns once the first page is there (so bad CQL raises here), as an
+        :class:`~async_cassandra.streaming.AsyncStreamingResultSet`: use it as ``async
+        with await session.execute_stream(...) as stream: async for row in stream``.
+        At most ``fetch_size * (1 + read_ahead)`` rows are held at any time; pages are
+        fetched as the consumer reads. See :class:`~async_cassandra.streaming.StreamConfig`.
+
+        The keywords are those of :meth:`execute`. Cancellation while waiting for the
+        first page detaches as for :meth:`execute`. Raises the same errors.
+        """
+        config = stream_config if stream_config is not None else StreamConfig()
+        request, first_page = await self.start_request(
+            query,
+            parameters,
+            timeout=timeout,
+            trace=trace,
+            custom_payload=custom_payload,
+            execution_profile=execution_profile,
+            paging_state=paging_state,
+            host=host,
+            execute_as=execute_as,
+            prepare=prepare,
+            fetch_size=config.fetch_size,
+        )
+        page_timeout = config.timeout_seconds
+        if page_timeout is None:
+            page_timeout = timeout if timeout is not None else self._session.default_timeout
+        return AsyncStreamingResultSet(
+            request, first_page, config, limiter=self._limiter, page_timeout=page_timeout
+        )
 
     async def execute_batch(self, batch: Statement, **kwargs: Any) -> AsyncResultSet:
         """Run a ``BatchStatement``; the keywords are those of :meth:`execute`."""
@@ -274,6 +383,25 @@ class AsyncCassandraSession:
     def __repr__(self) -> str:
         state = "closed" if self.is_closed else "open"
         return f"<AsyncCassandraSession keyspace={self.keyspace!r} {state}>"
+
+
+def _with_fetch_size(query: Any, parameters: Any, fetch_size: int) -> tuple[Any, Any]:
+    """``query`` as a statement paged by ``fetch_size``, leaving the caller's untouched."""
+    if isinstance(fetch_size, bool) or not isinstance(fetch_size, int) or fetch_size < 1:
+        raise QueryError(f"fetch_size must be a positive int, not {fetch_size!r}")
+    if isinstance(query, str):
+        return SimpleStatement(query, fetch_size=fetch_size), parameters
+    if isinstance(query, PreparedStatement):
+        try:
+            query = query.bind(parameters)
+        except Exception as error:
+            raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
+        parameters = None
+    else:
+        # A copy: the caller's statement object may be shared (module-level, reused).
+        query = copy.copy(query)
+    query.fetch_size = fetch_size
+    return query, parameters
 
 
 def _page_rows(page: Any) -> Any:

@@ -1,0 +1,445 @@
+"""Streaming large results in bounded memory, and fanning them out to worker tasks.
+
+``await session.execute_stream(query, stream_config=StreamConfig(fetch_size=1000))``
+returns an :class:`AsyncStreamingResultSet`. Pages are pulled on demand: while the
+consumer works through one page, at most ``read_ahead`` further pages are fetched, so
+the rows held never exceed ``fetch_size * (1 + read_ahead)`` whatever the table size,
+and a consumer that stops reading stops the paging.
+
+Fan-out: :meth:`AsyncStreamingResultSet.feed` pushes rows (or pages) into an anyio
+memory object stream that worker tasks read in a task group; :func:`fan_out` does the
+whole pattern. Backpressure runs from the slowest worker back to the paging; cancelling
+the group stops the stream, and a worker's exception cancels the others and closes the
+stream.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+from anyio.abc import ObjectSendStream
+from cassandra.query import SimpleStatement
+
+from ._portal import InFlightLimiter, Portal, current_portal
+from .exceptions import TimeoutError, translate_driver_error
+
+if TYPE_CHECKING:
+    from ._backends import Waiter
+    from ._request import DriverRequest
+
+__all__ = [
+    "AsyncStreamingResultSet",
+    "StreamConfig",
+    "create_streaming_statement",
+    "fan_out",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """How a stream pages.
+
+    ``fetch_size``: rows per page. ``max_pages``: stop after this many pages (None: all).
+    ``page_callback(page_number, rows_in_page)``: called on the event-loop thread (never
+    a driver thread) as each page starts being consumed; an exception it raises ends the
+    stream with that exception. ``read_ahead``: pages fetched ahead of the consumer (0:
+    fetch only when asked). ``timeout_seconds``: how long each page may take to arrive,
+    counted from its request (default: the request timeout).
+    """
+
+    fetch_size: int = 1000
+    max_pages: int | None = None
+    page_callback: Callable[[int, int], Any] | None = None
+    read_ahead: int = 1
+    timeout_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fetch_size, bool) or not isinstance(self.fetch_size, int):
+            raise TypeError(f"fetch_size must be an int, not {self.fetch_size!r}")
+        if self.fetch_size < 1:
+            raise ValueError(f"fetch_size must be at least 1, not {self.fetch_size}")
+        if self.max_pages is not None and self.max_pages < 1:
+            raise ValueError(f"max_pages must be at least 1 or None, not {self.max_pages}")
+        if self.read_ahead < 0:
+            raise ValueError(f"read_ahead must be 0 or more, not {self.read_ahead}")
+        if self.timeout_seconds is not None and self.timeout_seconds <= 0:
+            raise ValueError(f"timeout_seconds must be positive, not {self.timeout_seconds}")
+
+
+def create_streaming_statement(
+    query: str, fetch_size: int = 1000, consistency_level: Any = None
+) -> SimpleStatement:
+    """A ``SimpleStatement`` paged by ``fetch_size`` (kept for code written for 0.0.1)."""
+    if consistency_level is None:
+        return SimpleStatement(query, fetch_size=fetch_size)
+    return SimpleStatement(query, fetch_size=fetch_size, consistency_level=consistency_level)
+
+
+class _PageSink:
+    """What the driver request delivers later pages to, on the loop thread.
+
+    Refers to its stream weakly: the driver's future holds the request, which holds
+    this sink, and none of that may keep a dropped stream alive.
+    """
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: AsyncStreamingResultSet) -> None:
+        self._stream = weakref.ref(stream)
+
+    def set_result(self, rows: Any) -> None:
+        stream = self._stream()
+        if stream is not None:
+            stream._page_arrived(rows)
+
+    def set_exception(self, error: BaseException) -> None:
+        stream = self._stream()
+        if stream is not None:
+            stream._page_failed(error)
+
+    async def wait(self) -> Any:  # pragma: no cover - a sink is never awaited
+        raise RuntimeError("a page sink is not awaited")
+
+
+class AsyncStreamingResultSet:
+    """The rows of a query, fetched page by page as they are consumed.
+
+    ``async for row in stream`` yields rows; ``async for page in stream.pages()`` yields
+    whole pages. Use it as an async context manager (or call :meth:`close`): leaving
+    the block, normally, by exception or by cancellation, stops the paging and frees
+    the buffers. A stream dropped without closing frees them too, with a
+    ``ResourceWarning``.
+
+    Iterating waits for the next page at most ``timeout_seconds`` (from its request);
+    past that it raises :class:`~async_cassandra.TimeoutError` and closes the stream.
+    Cancelling a consumer stops the stream from asking for more pages.
+    """
+
+    def __init__(
+        self,
+        request: DriverRequest,
+        first_page: Any,
+        config: StreamConfig,
+        *,
+        limiter: InFlightLimiter,
+        page_timeout: float | None,
+    ) -> None:
+        self._request = request
+        self._config = config
+        self._limiter = limiter
+        self._page_timeout = page_timeout if page_timeout is not None else math.inf
+        self._sink = _PageSink(self)
+        self._portal: Portal = current_portal()
+        self._page: Sequence[Any] = ()
+        self._index = 0
+        self._buffer: deque[Sequence[Any]] = deque()
+        self._buffered_rows = 0
+        self._fetching = False
+        self._fetch_started = 0.0
+        self._error: BaseException | None = None
+        self._consumer: Waiter | None = None
+        self._closed = False
+        self.page_number = 0
+        self.total_rows_fetched = 0
+        self.max_rows_held = 0
+        self._page_arrived(first_page)
+
+    # -- introspection ---------------------------------------------------------------
+
+    @property
+    def rows_held(self) -> int:
+        """Rows this stream holds now: the rest of the current page plus read-ahead."""
+        return len(self._page) - self._index + self._buffered_rows
+
+    @property
+    def pages_requested(self) -> int:
+        """Pages asked of the server so far, the first included."""
+        return self._request.pages_requested
+
+    @property
+    def paging_state(self) -> bytes | None:
+        """The driver's paging state after the last page that arrived."""
+        state: bytes | None = self._request.future._paging_state
+        return state
+
+    @property
+    def column_names(self) -> list[str] | None:
+        names: list[str] | None = self._request.future._col_names
+        return names
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed
+
+    # -- rows ------------------------------------------------------------------------
+
+    def __aiter__(self) -> AsyncStreamingResultSet:
+        return self
+
+    async def __anext__(self) -> Any:
+        while self._index >= len(self._page):
+            if await self._next_page() is None:
+                raise StopAsyncIteration
+        row = self._page[self._index]
+        self._index += 1
+        return row
+
+    def pages(self) -> _PageIterator:
+        """Iterate whole pages (sequences of rows), starting with what remains of the
+        current one."""
+        return _PageIterator(self)
+
+    async def feed(self, send_stream: ObjectSendStream[Any], *, pages: bool = False) -> None:
+        """Send every row (or page, with ``pages=True``) into ``send_stream``.
+
+        Waits while the receivers are behind (backpressure reaches the paging), closes
+        ``send_stream`` at the end so receivers finish, and closes this stream however
+        it ends: when cancelled (the task group was), or when the receivers are gone.
+        """
+        async with send_stream:
+            try:
+                source = self.pages() if pages else self
+                async for item in source:
+                    await send_stream.send(item)
+            finally:
+                await self.close()
+
+    # -- paging, on the loop thread -----------------------------------------------------
+
+    async def _next_page(self) -> Sequence[Any] | None:
+        """Make the next page current; None when there are no more."""
+        self._page, self._index = (), 0
+        self._portal = current_portal()
+        while True:
+            if self._closed:
+                return None
+            if self._buffer:
+                return await self._take_buffered_page()
+            if self._error is not None:
+                error, self._error = self._error, None
+                await self.close()
+                raise error
+            if not self._fetching:
+                if self._no_more_requests():
+                    return None
+                # An earlier try found every in-flight slot taken: wait for one here.
+                await self._limiter.acquire(self._portal)
+                self._start_fetch()
+                continue
+            await self._wait_for_fetch()
+
+    async def _take_buffered_page(self) -> Sequence[Any]:
+        page = self._buffer.popleft()
+        self._buffered_rows -= len(page)
+        self._page, self._index = page, 0
+        self._maybe_fetch()
+        self.page_number += 1
+        callback = self._config.page_callback
+        if callback is not None:
+            try:
+                callback(self.page_number, len(page))
+            except BaseException:
+                await self.close()
+                raise
+        # A page boundary is a checkpoint even when the next page was already there,
+        # so a consumer with no awaits of its own still lets the loop run.
+        await anyio.lowlevel.checkpoint()
+        return page
+
+    async def _wait_for_fetch(self) -> None:
+        waiter = self._consumer = self._portal.new_waiter()
+        remaining = self._fetch_started + self._page_timeout - time.monotonic()
+        try:
+            with anyio.move_on_after(max(remaining, 0.0)) as scope:
+                await waiter.wait()
+        finally:
+            self._consumer = None
+        if scope.cancelled_caught:
+            await self.close()
+            raise TimeoutError(
+                f"page {self.pages_requested} of the stream did not arrive within "
+                f"{self._page_timeout:g} s of its request; the server or the connection "
+                "is stalled (StreamConfig.timeout_seconds sets this limit)"
+            )
+
+    def _no_more_requests(self) -> bool:
+        max_pages = self._config.max_pages
+        return not self._request.future.has_more_pages or (
+            max_pages is not None and self._request.pages_requested >= max_pages
+        )
+
+    def _maybe_fetch(self) -> None:
+        # Fetch ahead while fewer than read_ahead pages wait in the buffer. Synchronous
+        # (it also runs from the portal's drain), so it only takes a free slot; if none
+        # is free the consumer waits for one when it needs the page.
+        if (
+            self._closed
+            or self._fetching
+            or self._error is not None
+            or len(self._buffer) >= self._config.read_ahead
+            or self._no_more_requests()
+        ):
+            return
+        if self._limiter.try_acquire():
+            self._start_fetch()
+
+    def _start_fetch(self) -> None:
+        # An in-flight slot is held. time.monotonic, not anyio's clock: this also runs
+        # in the portal's drain, outside any task.
+        self._fetching = True
+        self._fetch_started = time.monotonic()
+        try:
+            self._request.start_next_page(self._portal, self._sink)
+        except Exception as error:  # the request released the slot and detached
+            self._fetching = False
+            self._error = error
+
+    def _page_arrived(self, rows: Any) -> None:
+        self._fetching = False
+        if self._closed:
+            return
+        page: Sequence[Any] = () if rows is None else rows
+        self.total_rows_fetched += len(page)
+        if page:  # an empty page mid-result (tombstones, filtering) does not end it
+            self._buffer.append(page)
+            self._buffered_rows += len(page)
+            self.max_rows_held = max(self.max_rows_held, self.rows_held)
+        self._maybe_fetch()
+        self._wake_consumer()
+
+    def _page_failed(self, error: BaseException) -> None:
+        self._fetching = False
+        if not self._closed:
+            self._error = translate_driver_error(error)
+            self._wake_consumer()
+
+    def _wake_consumer(self) -> None:
+        waiter, self._consumer = self._consumer, None
+        if waiter is not None:
+            waiter.set_result(None)
+
+    # -- closing ---------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop paging and free the buffers. Idempotent; never blocks."""
+        self._release()
+        await anyio.lowlevel.cancel_shielded_checkpoint()
+
+    def _release(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._buffer.clear()
+        self._buffered_rows = 0
+        self._page, self._index = (), 0
+        # Thread-safe: a page still in flight drops its callbacks when it finishes.
+        self._request.detach()
+        self._wake_consumer()
+
+    async def __aenter__(self) -> AsyncStreamingResultSet:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __del__(self) -> None:
+        # May run on any thread (the cycle collector's). Nothing awaits a stream that is
+        # being collected, and _release only touches this object and the thread-safe
+        # detach, so that is fine.
+        if not getattr(self, "_closed", True):
+            warnings.warn(
+                "AsyncStreamingResultSet was never closed; use `async with await "
+                "session.execute_stream(...)` or call `await stream.close()`",
+                ResourceWarning,
+                source=self,
+                stacklevel=1,
+            )
+            self._release()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<AsyncStreamingResultSet page={self.page_number} "
+            f"rows_fetched={self.total_rows_fetched} {state}>"
+        )
+
+
+class _PageIterator:
+    """``stream.pages()``: a class, not an async generator, so abandoning it early
+    needs no finalizer (trio warns about unclosed async generators)."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: AsyncStreamingResultSet) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> _PageIterator:
+        return self
+
+    async def __anext__(self) -> Sequence[Any]:
+        stream = self._stream
+        if stream._index < len(stream._page):
+            rest = stream._page[stream._index :]
+            stream._index = len(stream._page)
+            return rest
+        page = await stream._next_page()
+        if page is None:
+            raise StopAsyncIteration
+        stream._index = len(page)
+        return page
+
+
+async def fan_out(
+    stream: AsyncStreamingResultSet,
+    handler: Callable[[T], Awaitable[Any]],
+    *,
+    workers: int = 4,
+    pages: bool = False,
+    buffer_size: int | None = None,
+) -> None:
+    """Process a stream's rows (or pages) with ``workers`` concurrent tasks.
+
+    ``handler`` is awaited once per row (per page with ``pages=True``), by one of the
+    workers. The rows in memory at once are bounded: the stream's own bound, plus
+    ``buffer_size`` items queued (default: ``workers``), plus one per worker.
+
+    Returns when every item is processed; the stream is then closed. If a handler
+    raises, the other workers are cancelled, the stream is closed, and the error
+    propagates (in an ``ExceptionGroup``, as anyio task groups raise). Cancelling the
+    caller cancels the workers and stops the stream.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, not {workers}")
+    send, receive = anyio.create_memory_object_stream[Any](
+        max_buffer_size=workers if buffer_size is None else buffer_size
+    )
+
+    async def work(items: Any) -> None:
+        async with items:
+            async for item in items:
+                await handler(item)
+
+    try:
+        async with anyio.create_task_group() as group:
+            with receive:
+                for _ in range(workers):
+                    group.start_soon(work, receive.clone())
+            await stream.feed(send, pages=pages)
+    finally:
+        await stream.close()

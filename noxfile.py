@@ -1,0 +1,55 @@
+"""Project tasks. `python3 -m pip install nox` once, then `python3 -m nox -s <name>`.
+
+- tests: the whole suite, both backends, against a Cassandra 5.0.8 node it starts.
+- demo:  the main job: start a local node, write and read rows on asyncio and trio.
+- lint:  ruff check, ruff format --check, mypy --strict.
+- bench: the benchmarks (figures to bench-results/).
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.default_venv_backend = "venv"
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+
+
+def _install(session: nox.Session, *groups: str) -> None:
+    requirements = [
+        requirement
+        for group in groups
+        for requirement in nox.project.dependency_groups(PYPROJECT, group)
+    ]
+    session.install("-e", ".[trio]", *requirements)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite; provisions and stops its own Cassandra node."""
+    _install(session, "test")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Start a local node, create a table, write and read rows on asyncio and trio."""
+    _install(session)
+    session.run("python", "examples/demo.py", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check, ruff format --check, mypy --strict on the package."""
+    _install(session, "lint")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy", "--strict", "async_cassandra")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks against the raw driver, in one run; writes bench-results/*.json."""
+    _install(session)
+    session.run("python", "tests/benchmarks/point_reads.py", *session.posargs)
