@@ -145,8 +145,30 @@ class AsyncCluster:
         """The CQL protocol version in use (negotiated once connected)."""
         return self._cluster.protocol_version  # type: ignore[no-any-return]
 
+    async def refresh_schema_metadata(self, max_schema_agreement_wait: float | None = None) -> None:
+        """Re-read the whole schema into :attr:`metadata` now, off the event loop.
+
+        The driver refreshes metadata after schema changes it is told about, debounced
+        by ``schema_event_refresh_window``; call this when you need a change (say, one
+        made by another client) visible at once. Cancellation abandons the worker
+        thread, which finishes the refresh by itself.
+        """
+        try:
+            await anyio.to_thread.run_sync(
+                self._cluster.refresh_schema_metadata,
+                max_schema_agreement_wait,
+                abandon_on_cancel=True,
+            )
+        except Exception as error:
+            raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
+
     def register_user_type(self, keyspace: str, user_type: str, klass: type) -> None:
-        """Map a CQL user-defined type to a Python class (the driver's method)."""
+        """Map a CQL user-defined type to a Python class (the driver's method).
+
+        The type must be in :attr:`metadata`: after creating it from another client,
+        ``await refresh_schema_metadata()`` first. Raises :class:`QueryError` for an
+        unknown type or keyspace.
+        """
         try:
             self._cluster.register_user_type(keyspace, user_type, klass)
         except Exception as error:

@@ -116,7 +116,8 @@ class AsyncResultSet:
         thread. Cancelling abandons the thread; it ends by itself within ``max_wait``.
         """
         future = self._future
-        if future is None or not future.get_query_trace_ids():
+        # The driver's _query_traces stays None for a request that was not traced.
+        if future is None or not getattr(future, "_query_traces", None):
             return None
         return await anyio.to_thread.run_sync(
             future.get_query_trace, max_wait, abandon_on_cancel=True
