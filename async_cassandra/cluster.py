@@ -10,9 +10,17 @@ from typing import Any
 import anyio
 import cassandra.cluster
 from cassandra.auth import PlainTextAuthProvider
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, ExecutionProfile, default_lbp_factory
 from cassandra.cluster import Cluster as DriverCluster
 
-from .exceptions import ConfigurationError, ConnectionError, translate_driver_error
+from .exceptions import (
+    AuthenticationError,
+    ConfigurationError,
+    ConnectionError,
+    QueryError,
+    category_of,
+    translate_driver_error,
+)
 from .session import CLOSE_TIMEOUT, AsyncCassandraSession
 
 __all__ = ["AsyncCluster"]
@@ -95,6 +103,19 @@ class AsyncCluster:
             if value is not None:
                 options[name] = value
         options.update(driver_kwargs)
+        if load_balancing_policy is None:
+            # The driver logs a warning for every cluster made with contact points but
+            # no explicit load-balancing policy. Give it its own default explicitly: in
+            # a default execution profile (so users can still add profiles), or as the
+            # legacy parameter when they use legacy ones (the driver forbids mixing).
+            if retry_policy is not None:
+                options["load_balancing_policy"] = default_lbp_factory()
+            elif "execution_profiles" not in options:
+                options["execution_profiles"] = {
+                    EXEC_PROFILE_DEFAULT: ExecutionProfile(
+                        load_balancing_policy=default_lbp_factory()
+                    )
+                }
         try:
             # No I/O: the driver only records its configuration here.
             self._cluster = DriverCluster(**options)
@@ -230,6 +251,19 @@ class AsyncCluster:
     def _connect_hint(self, error: BaseException) -> str | None:
         if not isinstance(error, cassandra.cluster.NoHostAvailable):
             return None
+        if category_of(error) is QueryError:
+            return (
+                "Check that the keyspace exists (CREATE KEYSPACE first, or connect "
+                "without one and create it)"
+            )
+        if category_of(error) is ConfigurationError:
+            return (
+                f"The server does not speak CQL protocol v{self._cluster.protocol_version}: "
+                f"async-cassandra requires protocol v{MIN_PROTOCOL_VERSION} or higher, "
+                "which Cassandra 4.0 and later speak"
+            )
+        if category_of(error) is AuthenticationError:
+            return "Check the username and password (AsyncCluster.create_with_auth)"
         points = ", ".join(f"{h}:{self._cluster.port}" for h in self._cluster.contact_points)
         return (
             f"Could not connect to {points}: check that Cassandra is running and "

@@ -55,6 +55,8 @@ __all__ = [
     "ConnectionError",
     "QueryError",
     "TimeoutError",
+    "category_of",
+    "is_protocol_version_error",
     "translate_driver_error",
 ]
 
@@ -175,16 +177,27 @@ def _reduce_to_driver_error(self: BaseException) -> tuple[Any, ...]:
 def category_of(error: BaseException) -> type[AsyncCassandraError]:
     """The category a driver (or binding) error belongs to."""
     if isinstance(error, cassandra.cluster.NoHostAvailable):
-        host_errors = list(getattr(error, "errors", {}).values())
+        if "using keyspace" in str(error):
+            return QueryError  # connect(keyspace) to a keyspace that does not exist
+        errors = getattr(error, "errors", None)
+        # Usually {host: error}; a list of hosts when connect(keyspace) failed.
+        host_errors = list(errors.values()) if isinstance(errors, dict) else []
         if host_errors and all(
             isinstance(e, (cassandra.AuthenticationFailed, cassandra.protocol.BadCredentials))
             for e in host_errors
         ):
             return AuthenticationError
+        if host_errors and all(is_protocol_version_error(e) for e in host_errors):
+            return ConfigurationError
     for driver_class, category in _CATEGORIES:
         if isinstance(error, driver_class):
             return category
     return QueryError
+
+
+def is_protocol_version_error(error: object) -> bool:
+    """Whether a host refused the protocol version the client insisted on."""
+    return isinstance(error, cassandra.DriverException) and "ProtocolError" in str(error)
 
 
 def translate_driver_error(error: BaseException, *, hint: str | None = None) -> BaseException:

@@ -233,7 +233,7 @@ class AsyncCassandraSession:
             )
         except BaseException as error:
             self._limiter.release()
-            raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
+            raise translate_driver_error(error, hint=_binding_hint(error))  # noqa: B904
         request = DriverRequest(future, self._limiter, portal, self._requests)
         try:
             first_page = await request.page(deadline)
@@ -385,6 +385,17 @@ class AsyncCassandraSession:
         return f"<AsyncCassandraSession keyspace={self.keyspace!r} {state}>"
 
 
+def _binding_hint(error: BaseException) -> str | None:
+    # The driver binds parameters in plain Python: its TypeError/ValueError says what
+    # went wrong at the lowest level ("object of type 'int' has no len()"), not where.
+    if isinstance(error, (TypeError, ValueError)):
+        return (
+            "Could not bind the parameters to the query: pass a list or tuple (a dict "
+            "for named markers) with one value of the column's type per bind marker"
+        )
+    return None
+
+
 def _with_fetch_size(query: Any, parameters: Any, fetch_size: int) -> tuple[Any, Any]:
     """``query`` as a statement paged by ``fetch_size``, leaving the caller's untouched."""
     if isinstance(fetch_size, bool) or not isinstance(fetch_size, int) or fetch_size < 1:
@@ -395,7 +406,7 @@ def _with_fetch_size(query: Any, parameters: Any, fetch_size: int) -> tuple[Any,
         try:
             query = query.bind(parameters)
         except Exception as error:
-            raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
+            raise translate_driver_error(error, hint=_binding_hint(error))  # noqa: B904
         parameters = None
     else:
         # A copy: the caller's statement object may be shared (module-level, reused).
