@@ -1,0 +1,154 @@
+"""pytest fixtures that provide a real Cassandra (enable with
+``-p async_cassandra.testing.pytest_plugin``).
+
+- ``cassandra_node`` (session): the cluster to test against. With
+  ``ASYNC_CASSANDRA_CONTACT_POINTS`` set (comma-separated hosts, port from
+  ``ASYNC_CASSANDRA_PORT``) that existing cluster is used; otherwise one local node is
+  started the first time a test asks for it and stopped at the end of the session.
+- ``cassandra_driver_session`` (session): a plain synchronous cassandra-driver session
+  on it, for setting up data.
+- ``cassandra_keyspace`` (function): a fresh keyspace (SimpleStrategy, RF 1), dropped
+  afterwards.
+- ``cassandra_auth_node`` / ``cassandra_tls_node`` (session): extra local nodes with
+  password auth (127.0.0.20) and client TLS (127.0.0.21).
+- ``simulacron`` (session): a Simulacron node on 127.0.1.1 (protocol v4 only, primed
+  answers and faults).
+
+All are synchronous, so they work under any async test backend. A node that fails to
+start makes the tests that need it error with the launcher's message and log tail; they
+are never skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from ._maven import CASSANDRA_VERSION
+from ._node import LocalCassandra
+from ._simulacron import Simulacron
+
+__all__ = [
+    "CassandraNode",
+    "cassandra_auth_node",
+    "cassandra_driver_session",
+    "cassandra_keyspace",
+    "cassandra_node",
+    "cassandra_tls_node",
+    "simulacron",
+]
+
+AUTH_ADDRESS = "127.0.0.20"
+TLS_ADDRESS = "127.0.0.21"
+
+
+@dataclass(frozen=True)
+class CassandraNode:
+    """Where the tests' Cassandra is: ``contact_points`` and ``port``, plus the
+    :class:`LocalCassandra` running it (None for an external cluster)."""
+
+    contact_points: list[str]
+    port: int
+    launcher: LocalCassandra | None = None
+
+    @property
+    def username(self) -> str | None:
+        """The superuser name when the node has password auth, else None."""
+        return self.launcher.username if self.launcher else None
+
+    @property
+    def password(self) -> str | None:
+        """The superuser password when the node has password auth, else None."""
+        return self.launcher.password if self.launcher else None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A context trusting the node's certificate when it is TLS-only, else None."""
+        if self.launcher is None or self.launcher.cert_path is None:
+            return None
+        return self.launcher.ssl_context()
+
+
+def _external() -> CassandraNode | None:
+    hosts = os.environ.get("ASYNC_CASSANDRA_CONTACT_POINTS", "")
+    points = [host.strip() for host in hosts.split(",") if host.strip()]
+    if not points:
+        return None
+    return CassandraNode(points, int(os.environ.get("ASYNC_CASSANDRA_PORT") or 9042))
+
+
+def _local(**kwargs: Any) -> Iterator[CassandraNode]:
+    with LocalCassandra(**kwargs) as node:
+        yield CassandraNode(node.contact_points, node.native_port, node)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Say which Cassandra the run uses."""
+    external = _external()
+    if external is not None:
+        points = ",".join(external.contact_points)
+        return f"cassandra: external cluster at {points} port {external.port}"
+    return f"cassandra: local Apache Cassandra {CASSANDRA_VERSION}, started when first needed"
+
+
+@pytest.fixture(scope="session")
+def cassandra_node() -> Iterator[CassandraNode]:
+    """The Cassandra to test against (external via ``ASYNC_CASSANDRA_CONTACT_POINTS``, or
+    a local node started for this session)."""
+    external = _external()
+    if external is not None:
+        yield external
+        return
+    yield from _local()
+
+
+@pytest.fixture(scope="session")
+def cassandra_auth_node() -> Iterator[CassandraNode]:
+    """A local node with password auth (user and password ``cassandra``)."""
+    yield from _local(address=AUTH_ADDRESS, auth=True)
+
+
+@pytest.fixture(scope="session")
+def cassandra_tls_node() -> Iterator[CassandraNode]:
+    """A local node that accepts only TLS clients; see ``ssl_context()``."""
+    yield from _local(address=TLS_ADDRESS, tls=True)
+
+
+@pytest.fixture(scope="session")
+def simulacron() -> Iterator[Simulacron]:
+    """A Simulacron node on 127.0.1.1 (protocol v4 only)."""
+    with Simulacron() as sim:
+        yield sim
+
+
+@pytest.fixture(scope="session")
+def cassandra_driver_session(cassandra_node: CassandraNode) -> Iterator[Any]:
+    """A synchronous ``cassandra.cluster.Session`` on ``cassandra_node``, for fixtures."""
+    from cassandra.cluster import Cluster
+
+    cluster = Cluster(cassandra_node.contact_points, port=cassandra_node.port)
+    try:
+        session = cluster.connect()
+        yield session
+    finally:
+        cluster.shutdown()
+
+
+@pytest.fixture
+def cassandra_keyspace(cassandra_driver_session: Any) -> Iterator[str]:
+    """The name of a fresh keyspace (SimpleStrategy, replication factor 1), dropped after
+    the test."""
+    name = f"test_{secrets.token_hex(4)}"
+    cassandra_driver_session.execute(
+        f"CREATE KEYSPACE {name} WITH replication = "
+        "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+    )
+    try:
+        yield name
+    finally:
+        cassandra_driver_session.execute(f"DROP KEYSPACE IF EXISTS {name}")
