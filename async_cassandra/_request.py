@@ -55,8 +55,10 @@ async def surface_deadline(error: BaseException, deadline: float | None) -> None
     """
     if deadline is not None and isinstance(error, OperationTimedOut):
         # The driver's clock (time.time) and anyio's differ slightly: allow a margin.
-        with anyio.move_on_after(_CLOCK_MARGIN + max(deadline - anyio.current_time(), 0.0)):
-            await anyio.sleep_forever()
+        # A plain sleep, not a cancel scope of ours: on a loaded machine both deadlines
+        # may have passed when the loop looks, and an inner scope would then swallow
+        # the cancellation meant for the caller's.
+        await anyio.sleep(_CLOCK_MARGIN + max(deadline - anyio.current_time(), 0.0))
 
 
 class DriverRequest:
@@ -123,6 +125,8 @@ class DriverRequest:
         # them again until it asks for the next page, which needs this one finished.
         with self._lock:
             waiter, portal = self._waiter, self._portal
+            if waiter is None:
+                return  # abandon() already finished this page for us
             self._waiter = None
             detached = self._detached
         self._limiter.release()
@@ -130,6 +134,23 @@ class DriverRequest:
             self._retire()  # nobody waits: drop the result and our callbacks
         elif waiter is not None:
             portal.deliver(waiter, rows, error)
+
+    def abandon(self, error: BaseException) -> None:
+        """Finish the outstanding page now with ``error``, as if the driver had.
+
+        For a session that is closing: the driver does not fail requests in flight when
+        its pools shut down (their retry is dropped silently), so without this they
+        would wait for their timeout. Any thread; a later driver callback is ignored.
+        """
+        with self._lock:
+            waiter, portal = self._waiter, self._portal
+            if waiter is None:
+                return
+            self._waiter = None
+            self._detached = True
+        self._limiter.release()
+        self._retire()
+        portal.deliver(waiter, None, error)
 
     def _retire(self) -> None:
         # Any thread. Breaks the future -> callback -> request cycle now instead of

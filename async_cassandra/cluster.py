@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from types import TracebackType
@@ -29,6 +30,29 @@ MIN_PROTOCOL_VERSION = 5
 # Connecting does several round trips per host plus schema reads; a bound keeps a
 # forgotten firewall rule from hanging start-up forever.
 DEFAULT_CONNECT_TIMEOUT = 60.0
+
+
+# Set in the worker thread of connect() while the driver negotiates the protocol.
+_negotiating = threading.local()
+
+
+class _QuietNegotiation(logging.Filter):
+    """Drops the driver's "Downgrading core protocol version" warnings from our connects.
+
+    Negotiating is what AsyncCluster does by default on purpose (and checks the result
+    is v5+), yet the driver logs two warnings per connect to Cassandra, as it starts
+    from the DataStax Enterprise versions (66, 65). Only records logged by our own
+    connect threads are dropped; everyone else's driver logging is left alone.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            getattr(_negotiating, "active", False)
+            and str(record.msg).startswith("Downgrading core protocol version")
+        )
+
+
+logging.getLogger("cassandra.cluster").addFilter(_QuietNegotiation())
 
 
 def _protocol_error(version: int, *, negotiated: bool) -> ConfigurationError:
@@ -218,7 +242,11 @@ class AsyncCluster:
         abandoned = threading.Event()
 
         def connect_in_thread() -> cassandra.cluster.Session:
-            session = self._cluster.connect(keyspace)
+            _negotiating.active = True
+            try:
+                session = self._cluster.connect(keyspace)
+            finally:
+                _negotiating.active = False
             if abandoned.is_set():
                 # Nobody awaits this session any more: close it here, in the worker,
                 # rather than leaving open connections behind.
@@ -286,7 +314,7 @@ class AsyncCluster:
             self._closed = True
         for session in list(self._sessions):
             # The driver's cluster shutdown closes the driver sessions; mark ours.
-            session._closed = True
+            session._mark_closed()
         with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
             await anyio.to_thread.run_sync(self._cluster.shutdown, abandon_on_cancel=True)
 

@@ -359,15 +359,25 @@ class AsyncCassandraSession:
         """Close the session's connections. Idempotent; safe to call from any loop.
 
         Runs shielded from cancellation, bounded by a timeout of its own, and off the
-        event loop (the driver's shutdown blocks). Requests still in flight fail with
-        :class:`ConnectionError`.
+        event loop (the driver's shutdown blocks). Requests still in flight, and streams
+        waiting for a page, fail at once with :class:`ConnectionError`.
         """
-        with self._close_lock:
-            if self._closed:
-                return
-            self._closed = True
+        if not self._mark_closed():
+            return
         with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
             await anyio.to_thread.run_sync(self._session.shutdown, abandon_on_cancel=True)
+
+    def _mark_closed(self) -> bool:
+        """Refuse new requests and fail those in flight; False if already closed."""
+        with self._close_lock:
+            if self._closed:
+                return False
+            self._closed = True
+        for request in list(self._requests):
+            request.abandon(
+                ConnectionError("the session was closed while this request was in flight")
+            )
+        return True
 
     async def __aenter__(self) -> AsyncCassandraSession:
         return self
