@@ -1,0 +1,230 @@
+"""The portal and the request bridge, pinned with a fake driver thread (both backends).
+
+Unit tests: every feature also has real-server tests; these pin races a real server
+cannot be made to produce on demand.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import anyio
+import pytest
+
+from async_cassandra._portal import InFlightLimiter, Portal, current_portal
+from async_cassandra._request import DriverRequest
+
+pytestmark = pytest.mark.anyio
+
+
+def in_thread(function: Any, *args: Any) -> None:
+    """Run ``function`` in a fresh thread and wait for it: a stand-in driver thread.
+
+    Joining blocks the loop on purpose: whatever the thread delivers meanwhile is
+    queued, so what the loop sees afterwards is deterministic.
+    """
+    thread = threading.Thread(target=function, args=args)
+    thread.start()
+    thread.join()
+
+
+async def test_a_burst_of_completions_costs_one_wake_up() -> None:
+    portal = current_portal()
+    waiters = [portal.new_waiter() for _ in range(1000)]
+    before = portal.wakeups
+
+    def deliver_all() -> None:
+        for index, waiter in enumerate(waiters):
+            portal.deliver(waiter, index)
+
+    in_thread(deliver_all)
+    assert portal.pending == 1000
+    assert [await waiter.wait() for waiter in waiters] == list(range(1000))
+    assert portal.wakeups - before == 1
+    assert portal.pending == 0
+
+
+async def test_errors_are_delivered_as_raised_exceptions() -> None:
+    portal = current_portal()
+    waiter = portal.new_waiter()
+    in_thread(portal.deliver, waiter, None, KeyError("boom"))
+    with pytest.raises(KeyError, match="boom"):
+        await waiter.wait()
+
+
+async def test_a_cancelled_waiter_drops_its_late_result() -> None:
+    portal = current_portal()
+    waiter = portal.new_waiter()
+    with anyio.move_on_after(0.01) as scope:
+        await waiter.wait()
+    assert scope.cancelled_caught
+    in_thread(portal.deliver, waiter, "late")
+    in_thread(portal.deliver, waiter, None, RuntimeError("late too"))
+    # Let the drain run: nothing may raise into the loop (the fixture checks asyncio's
+    # exception handler) and the queue empties.
+    await anyio.sleep(0.01)
+    assert portal.pending == 0
+
+
+async def test_one_portal_per_loop() -> None:
+    assert current_portal() is current_portal()
+
+    def portal_of_another_loop() -> Portal:
+        async def get() -> Portal:
+            return current_portal()
+
+        return anyio.run(get)
+
+    other = await anyio.to_thread.run_sync(portal_of_another_loop)
+    assert other is not current_portal()
+
+
+def test_delivering_to_a_finished_loop_is_harmless() -> None:
+    async def make() -> tuple[Portal, Any]:
+        portal = current_portal()
+        return portal, portal.new_waiter()
+
+    for backend in ("asyncio", "trio"):
+        portal, waiter = anyio.run(make, backend=backend)
+        outcome: list[bool] = []
+        in_thread(lambda: outcome.append(portal.deliver(waiter, 1)))  # noqa: B023
+        assert outcome == [False]
+        assert portal.pending == 0
+
+
+async def test_limiter_hands_a_released_slot_to_the_next_waiter() -> None:
+    limiter = InFlightLimiter(2)
+    portal = current_portal()
+    await limiter.acquire(portal)
+    await limiter.acquire(portal)
+    assert limiter.in_use == 2
+    assert not limiter.try_acquire()
+    acquired = anyio.Event()
+
+    async def third() -> None:
+        await limiter.acquire(portal)
+        acquired.set()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(third)
+        await anyio.wait_all_tasks_blocked()
+        assert limiter.waiting == 1
+        in_thread(limiter.release)  # as the driver thread does when a request ends
+        await acquired.wait()
+    assert limiter.in_use == 2
+    assert limiter.waiting == 0
+    limiter.release()
+    limiter.release()
+    assert limiter.in_use == 0
+
+
+async def test_a_cancelled_acquirer_never_leaks_a_slot() -> None:
+    limiter = InFlightLimiter(1)
+    portal = current_portal()
+    await limiter.acquire(portal)
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await limiter.acquire(portal)
+    assert limiter.waiting == 0
+
+    # The slot is handed over and the waiter cancelled before it runs: it gives the
+    # slot back rather than keeping it.
+    async with anyio.create_task_group() as group:
+        group.start_soon(limiter.acquire, portal)
+        await anyio.wait_all_tasks_blocked()
+        in_thread(limiter.release)
+        group.cancel_scope.cancel()
+    assert limiter.in_use in (0, 1)
+    if limiter.in_use == 1:  # the acquirer won the race and kept the slot legitimately
+        limiter.release()
+    assert limiter.try_acquire()
+    limiter.release()
+    assert limiter.in_use == 0
+
+
+class FakeResponseFuture:
+    """The slice of ``ResponseFuture`` a ``DriverRequest`` uses, driven by a test."""
+
+    def __init__(self, pages: list[list[int]], *, done_at_once: bool = False) -> None:
+        self._pages = pages
+        self._served = 0
+        self._callbacks: list[tuple[Any, Any]] = []
+        self._paging_state: bytes | None = None
+        self.done_at_once = done_at_once
+
+    @property
+    def has_more_pages(self) -> bool:
+        return self._paging_state is not None
+
+    def add_callbacks(self, callback: Any, errback: Any) -> None:
+        self._callbacks.append((callback, errback))
+        if self.done_at_once:  # like the driver when the result is already there
+            self.complete()
+
+    def clear_callbacks(self) -> None:
+        self._callbacks = []
+
+    def start_fetching_next_page(self) -> None:
+        pass  # the test calls complete() from its "driver thread"
+
+    def complete(self) -> None:
+        page = self._pages[self._served]
+        self._served += 1
+        self._paging_state = b"more" if self._served < len(self._pages) else None
+        for callback, _ in list(self._callbacks):
+            callback(page)
+
+
+async def test_request_completed_before_its_callback_is_attached_does_not_hang() -> None:
+    limiter = InFlightLimiter(4)
+    registry: set[DriverRequest] = set()
+    portal = current_portal()
+    await limiter.acquire(portal)
+    future = FakeResponseFuture([[1, 2]], done_at_once=True)
+    request = DriverRequest(future, limiter, portal, registry)  # type: ignore[arg-type]
+    with anyio.fail_after(5):
+        assert await request.page() == [1, 2]
+    request.detach()
+    assert limiter.in_use == 0
+    assert registry == set()
+    assert future._callbacks == []
+
+
+async def test_callbacks_are_registered_once_across_pages() -> None:
+    limiter = InFlightLimiter(4)
+    registry: set[DriverRequest] = set()
+    portal = current_portal()
+    future = FakeResponseFuture([[1], [2], [3]])
+    await limiter.acquire(portal)
+    request = DriverRequest(future, limiter, portal, registry)  # type: ignore[arg-type]
+    in_thread(future.complete)
+    pages = [await request.page()]
+    while future.has_more_pages:
+        await limiter.acquire(portal)
+        request.start_next_page(portal)
+        assert len(future._callbacks) == 1  # page N does not fire N callbacks
+        in_thread(future.complete)
+        pages.append(await request.page())
+    assert pages == [[1], [2], [3]]
+    assert request.pages_requested == 3
+    request.detach()
+    assert limiter.in_use == 0
+    assert registry == set()
+
+
+async def test_a_detached_request_drops_its_callbacks_when_the_driver_finishes() -> None:
+    limiter = InFlightLimiter(4)
+    registry: set[DriverRequest] = set()
+    portal = current_portal()
+    future = FakeResponseFuture([[1]])
+    await limiter.acquire(portal)
+    request = DriverRequest(future, limiter, portal, registry)  # type: ignore[arg-type]
+    with anyio.move_on_after(0.01):
+        await request.page()
+    assert registry == {request}  # still in flight: the slot stays taken
+    assert limiter.in_use == 1
+    in_thread(future.complete)
+    assert registry == set()
+    assert limiter.in_use == 0
+    assert future._callbacks == []
