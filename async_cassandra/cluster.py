@@ -56,16 +56,17 @@ logging.getLogger("cassandra.cluster").addFilter(_QuietNegotiation())
 
 
 def _protocol_error(version: int, *, negotiated: bool) -> ConfigurationError:
-    how = "the server speaks at most" if negotiated else "protocol_version is"
-    return ConfigurationError(
-        f"CQL native protocol v{version} is not supported ({how} v{version}): "
-        f"async-cassandra requires protocol v{MIN_PROTOCOL_VERSION} or higher, which "
-        "Cassandra 4.0 and later speak. "
-        + (
-            "Upgrade the server to Cassandra 4.0+."
-            if negotiated
-            else "Leave protocol_version unset to negotiate, or set it to 5."
+    # The first sentence is the one users of async-cassandra 0.0.1 know.
+    if negotiated:
+        how = (
+            f"The server speaks CQL protocol v{version} at most (negotiated v{version}); "
+            "upgrade it to Cassandra 4.0 or later."
         )
+    else:
+        how = "Leave protocol_version unset to negotiate, or set it to 5."
+    return ConfigurationError(
+        f"Protocol version {version} is not supported. async-cassandra requires CQL "
+        f"protocol v{MIN_PROTOCOL_VERSION} or higher (Cassandra 4.0+). {how}"
     )
 
 

@@ -118,8 +118,8 @@ class AsyncStreamingResultSet:
     ``async for row in stream`` yields rows; ``async for page in stream.pages()`` yields
     whole pages. Use it as an async context manager (or call :meth:`close`): leaving
     the block, normally, by exception or by cancellation, stops the paging and frees
-    the buffers. A stream dropped without closing frees them too, with a
-    ``ResourceWarning``.
+    the buffers. A stream read to its end frees them by itself; one dropped half-read
+    frees them too, with a ``ResourceWarning``.
 
     Iterating waits for the next page at most ``timeout_seconds`` (from its request);
     past that it raises :class:`~async_cassandra.TimeoutError` and closes the stream.
@@ -218,7 +218,10 @@ class AsyncStreamingResultSet:
     # -- paging, on the loop thread -----------------------------------------------------
 
     async def _next_page(self) -> Sequence[Any] | None:
-        """Make the next page current; None when there are no more."""
+        """Make the next page current; None when there are no more.
+
+        A stream read to its end releases everything by itself, as close() would.
+        """
         self._page, self._index = (), 0
         self._portal = current_portal()
         while True:
@@ -232,6 +235,7 @@ class AsyncStreamingResultSet:
                 raise error
             if not self._fetching:
                 if self._no_more_requests():
+                    self._release()
                     return None
                 # An earlier try found every in-flight slot taken: wait for one here.
                 await self._limiter.acquire(self._portal)

@@ -208,9 +208,19 @@ CASES: list[tuple[Callable[[Env], Awaitable[None]], type[Exception], type[Except
         cassandra.cluster.NoHostAvailable,
         "TLS settings",
     ),
-    (protocol_version_4, ConfigurationError, ConfigurationError, "v4 is not supported.*v5"),
+    (
+        protocol_version_4,
+        ConfigurationError,
+        ConfigurationError,
+        "Protocol version 4 is not supported. async-cassandra requires CQL protocol v5",
+    ),
     (unknown_cluster_option, ConfigurationError, ConfigurationError, "no_such_option"),
-    (server_speaks_only_v4, ConfigurationError, ConfigurationError, "at most v4.*v5.*4.0"),
+    (
+        server_speaks_only_v4,
+        ConfigurationError,
+        ConfigurationError,
+        "Protocol version 4 is not supported.*v5 or higher.*4.0.*negotiated v4",
+    ),
     (
         forced_v5_on_a_v4_only_server,
         ConfigurationError,
@@ -274,4 +284,4 @@ def test_a_v4_refusal_is_not_retried_or_wrapped_twice(simulacron: Any) -> None:
     error = anyio.run(connect)
     assert type(error) is ConfigurationError  # ours, not a driver error wrapped again
     assert error.__cause__ is None
-    assert str(error).count("requires protocol v5") == 1
+    assert str(error).count("requires CQL protocol v5") == 1

@@ -11,22 +11,13 @@ from typing import Any
 
 import anyio
 import pytest
+from _helpers import wait_until
 
 from async_cassandra import AsyncCluster
 from async_cassandra._portal import current_portal
 from async_cassandra.testing import LocalCassandra
 
 pytestmark = pytest.mark.anyio
-
-
-async def wait_until(condition: Callable[[], bool], what: str, limit: float = 30.0) -> None:
-    """Poll ``condition``; the limit only turns a hang into a clear failure."""
-    with anyio.move_on_after(limit):
-        # Driver threads change these counters; there is no event to wait on.
-        while not condition():  # noqa: ASYNC110
-            await anyio.sleep(0.01)
-        return
-    pytest.fail(f"timed out waiting until {what}")
 
 
 @pytest.fixture(scope="module")
