@@ -16,17 +16,19 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from cassandra import ConsistencyLevel
-from cassandra.cluster import Cluster
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import SimpleStatement
 
 from async_cassandra.testing import LauncherError, LocalCassandra, _node, cache_dir
 
 REPO = Path(__file__).resolve().parents[1]
+MakeCluster = Callable[[list[str]], Cluster]
 
 
 def _alive(pid: int) -> bool:
@@ -49,16 +51,25 @@ def _wait_dead(pid: int, timeout: float) -> bool:
 
 
 @pytest.fixture
-def driver_cluster() -> Iterator[list[Cluster]]:
-    """Driver clusters a test opens, shut down even when it fails."""
+def make_cluster() -> Iterator[MakeCluster]:
+    """Make driver clusters that are shut down even when the test fails."""
     clusters: list[Cluster] = []
-    yield clusters
+
+    def make(contact_points: list[str]) -> Cluster:
+        # The driver's default policy, explicit so it logs no warning about its absence.
+        policy = TokenAwarePolicy(DCAwareRoundRobinPolicy())
+        profiles = {EXEC_PROFILE_DEFAULT: ExecutionProfile(load_balancing_policy=policy)}
+        cluster = Cluster(contact_points, execution_profiles=profiles)
+        clusters.append(cluster)
+        return cluster
+
+    yield make
     for cluster in clusters:
         cluster.shutdown()
 
 
 @pytest.mark.timeout(300)
-def test_three_node_cluster(driver_cluster: list[Cluster]) -> None:
+def test_three_node_cluster(make_cluster: MakeCluster) -> None:
     with LocalCassandra(3, address="127.0.0.2") as cluster:
         assert cluster.addresses == ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
         pids, dirs = cluster.pids, cluster.node_dirs
@@ -67,8 +78,7 @@ def test_three_node_cluster(driver_cluster: list[Cluster]) -> None:
         assert '"seeds": "127.0.0.2:7000,127.0.0.3:7000,127.0.0.4:7000"' in yaml
         assert 'initial_token: "-3074457345618258603"' in yaml
 
-        driver = Cluster(["127.0.0.2"])
-        driver_cluster.append(driver)
+        driver = make_cluster(["127.0.0.2"])
         session = driver.connect()
         hosts = driver.metadata.all_hosts()
         assert sorted(host.address for host in hosts) == cluster.addresses
@@ -228,7 +238,7 @@ _KILLED_RUN = textwrap.dedent(
 
 
 @pytest.mark.timeout(300)
-def test_killed_run_leaves_nothing_behind(driver_cluster: list[Cluster]) -> None:
+def test_killed_run_leaves_nothing_behind(make_cluster: MakeCluster) -> None:
     # A test run that is SIGKILLed gets no chance to stop its nodes.
     with subprocess.Popen(
         [sys.executable, "-c", _KILLED_RUN],
@@ -256,8 +266,7 @@ def test_killed_run_leaves_nothing_behind(driver_cluster: list[Cluster]) -> None
         # The new start also cleared the dead node's leftover directory.
         assert not dies_dir.exists()
         assert not _node.pid_file("127.0.3.8", 9042).exists()
-        driver = Cluster(node.contact_points)
-        driver_cluster.append(driver)
+        driver = make_cluster(node.contact_points)
         assert driver.connect().execute("SELECT key FROM system.local").one().key == "local"
     assert not _node.pid_file("127.0.3.7", 9042).exists()
 
@@ -274,7 +283,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.timeout(300)
-def test_cli_start_status_stop(driver_cluster: list[Cluster]) -> None:
+def test_cli_start_status_stop(make_cluster: MakeCluster) -> None:
     where = ["--address", "127.0.3.30", "--port", "9042"]
     try:
         started = _cli("start", *where)
@@ -290,8 +299,7 @@ def test_cli_start_status_stop(driver_cluster: list[Cluster]) -> None:
         assert record is not None
         assert record.is_our_node()
 
-        driver = Cluster(["127.0.3.30"])
-        driver_cluster.append(driver)
+        driver = make_cluster(["127.0.3.30"])
         assert driver.connect().execute("SELECT key FROM system.local").one().key == "local"
         driver.shutdown()
 

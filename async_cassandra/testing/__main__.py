@@ -24,7 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     default_address = os.environ.get("ASYNC_CASSANDRA_ADDRESS", "127.0.0.1")
-    default_port = int(os.environ.get("ASYNC_CASSANDRA_PORT", "9042"))
+    # A string default goes through `type=int` too, so a bad $ASYNC_CASSANDRA_PORT is
+    # reported as a usage error rather than a traceback.
+    default_port = os.environ.get("ASYNC_CASSANDRA_PORT") or "9042"
     for name, text in (
         ("start", "start nodes in the background and wait until they accept connections"),
         ("stop", "stop nodes started with `start` and delete their data"),
@@ -57,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit status."""
     args = _parser().parse_args(argv)
     where = f"--address {args.address} --port {args.port}"
+    address = f"{args.address}:{args.port}"
     try:
         if args.command == "start":
             cluster = start_detached(
@@ -90,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             state = "running" if node.running else "not running (stale pid file)"
             print(f"{node.address}:{node.native_port} pid {node.pid}: {state}")
         if not nodes:
-            print(f"not running: no node started by `{_PROG} start` on {where}")
+            print(f"not running: no node started by `{_PROG} start` on {address}")
         return 0 if running else 3  # 3 = "not running", as for LSB init scripts
     except LauncherError as exc:
         print(f"error: {exc}", file=sys.stderr)

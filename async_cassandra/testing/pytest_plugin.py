@@ -129,9 +129,17 @@ def simulacron() -> Iterator[Simulacron]:
 @pytest.fixture(scope="session")
 def cassandra_driver_session(cassandra_node: CassandraNode) -> Iterator[Any]:
     """A synchronous ``cassandra.cluster.Session`` on ``cassandra_node``, for fixtures."""
-    from cassandra.cluster import Cluster
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+    from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 
-    cluster = Cluster(cassandra_node.contact_points, port=cassandra_node.port)
+    # The driver's own default policy, spelled out: without it every Cluster() logs a
+    # "no load_balancing_policy" warning into the test output.
+    profile = ExecutionProfile(load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()))
+    cluster = Cluster(
+        cassandra_node.contact_points,
+        port=cassandra_node.port,
+        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+    )
     try:
         session = cluster.connect()
         yield session
