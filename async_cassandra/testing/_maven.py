@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -159,7 +160,9 @@ def _ensure(name: str, fetch: _Fetch) -> Path:
 
 
 def _mvn(mvn: str, workdir: Path, *args: str, pom: tuple[str, str, str] | None) -> None:
-    cmd = [mvn, "-q", "-B"]
+    # -U: Maven caches a failed download in ~/.m2 and would not retry it for a day, so a
+    # network hiccup on the first run would otherwise keep failing every later one.
+    cmd = [mvn, "-q", "-B", "-U"]
     if pom is not None:
         group, artifact, version = pom
         pom_path = workdir / "pom.xml"
@@ -182,7 +185,9 @@ def _mvn(mvn: str, workdir: Path, *args: str, pom: tuple[str, str, str] | None) 
     if pom is not None:
         (workdir / "pom.xml").unlink(missing_ok=True)
     if done.returncode != 0:
-        tail = "\n".join(done.stdout.splitlines()[-30:])
+        # Maven 3.8 writes colour resets even in batch mode; they would garble the message.
+        output = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout)
+        tail = "\n".join(line for line in output.splitlines()[-30:] if line.strip())
         raise LauncherError(
             f"Maven failed (exit code {done.returncode}) running {' '.join(cmd)}; "
             f"check network access to Maven Central and ~/.m2/settings.xml. "
