@@ -50,6 +50,12 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks against the raw driver, in one run; writes bench-results/*.json."""
+    """Benchmarks against the raw driver, in one run; writes bench-results/*.json.
+
+    Each script starts (and stops) its own node on 127.0.0.1. Options after `--` go to
+    both scripts, so only the ones they share: `--address 127.0.0.40`, `--quick`,
+    `--output-dir DIR`.
+    """
     _install(session)
     session.run("python", "tests/benchmarks/point_reads.py", *session.posargs)
+    session.run("python", "tests/benchmarks/stream_rows.py", *session.posargs)

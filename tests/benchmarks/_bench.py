@@ -1,0 +1,299 @@
+"""What the benchmark scripts share: the node, run metadata, /proc readers, tables.
+
+Not a test module and not part of the package: the scripts next to it import it as a
+sibling (``python tests/benchmarks/<script>.py`` puts this folder on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS_DIR = REPO / "bench-results"
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Target:
+    """The Cassandra the benchmark talks to."""
+
+    contact_points: list[str]
+    port: int
+    started_here: bool
+    # The JVMs' pids when this script started them (their CPU time is then reported).
+    jvm_pids: list[int] = field(default_factory=list)
+
+
+def common_args(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--address",
+        default="127.0.0.1",
+        help="loopback address of the node this script starts (default 127.0.0.1); "
+        "ignored when ASYNC_CASSANDRA_CONTACT_POINTS names a running node",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes and short phases (development)"
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=RESULTS_DIR,
+        help=f"where the JSON goes (default {RESULTS_DIR})",
+    )
+    return parser
+
+
+@contextlib.contextmanager
+def cassandra_node(address: str) -> Iterator[Target]:
+    """The node named by ``ASYNC_CASSANDRA_CONTACT_POINTS`` (and ``ASYNC_CASSANDRA_PORT``),
+    or else a fresh local Cassandra 5.0.8 node on ``address``, stopped at the end."""
+    existing = os.environ.get("ASYNC_CASSANDRA_CONTACT_POINTS")
+    if existing:
+        points = [point.strip() for point in existing.split(",") if point.strip()]
+        port = int(os.environ.get("ASYNC_CASSANDRA_PORT") or "9042")
+        print(f"using the running node(s) {', '.join(points)}:{port}", flush=True)
+        yield Target(points, port, started_here=False)
+        return
+    from async_cassandra.testing import LocalCassandra
+
+    print(f"starting a local Cassandra node on {address} ...", flush=True)
+    with LocalCassandra(address=address) as node:
+        print(f"  ready in {node.start_seconds:.1f} s", flush=True)
+        yield Target(node.contact_points, node.native_port, True, node.pids)
+    print("node stopped, data deleted", flush=True)
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+def _git_commit() -> str | None:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=10,
+        )
+        if done.returncode == 0:
+            return done.stdout.strip()
+    return None
+
+
+def _library_state() -> dict[str, Any]:
+    """Which library code was measured: uncommitted edits of ``async_cassandra/`` (the
+    package is installed editable) and a digest of its sources."""
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "async_cassandra").rglob("*.py")):
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    dirty: list[str] | None = None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run(
+            ["git", "status", "--porcelain", "--", "async_cassandra"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=10,
+        )
+        if done.returncode == 0:
+            dirty = [line[3:] for line in done.stdout.splitlines()]
+    return {"uncommitted_changes": dirty, "sources_sha256": digest.hexdigest()[:16]}
+
+
+def metadata(target: Target, server_version: str | None, protocol: int | None) -> dict[str, Any]:
+    """Who ran what where: the header of every results file."""
+    import cassandra
+    import cassandra.cluster
+
+    return {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "cassandra_driver": cassandra.__version__,
+        # The driver's Cython extensions (compiled cluster/protocol/row parsing) change
+        # its speed a lot; a pure-Python install would be several times slower.
+        "driver_compiled": not cassandra.cluster.__file__.endswith(".py"),
+        "driver_reactor": cassandra.cluster.Cluster.connection_class.__name__,
+        "async_cassandra": _package_version("async-cassandra"),
+        "anyio": _package_version("anyio"),
+        "trio": _package_version("trio"),
+        "git_commit": _git_commit(),
+        "library_working_tree": _library_state(),
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "cpu_model": _cpu_model(),
+        "platform": platform.platform(),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "server": {
+            "release_version": server_version,
+            "protocol_version": protocol,
+            "contact_points": target.contact_points,
+            "port": target.port,
+            "started_by_this_script": target.started_here,
+            "same_machine": target.started_here,
+        },
+    }
+
+
+# ------------------------------------------------------------------- /proc readers
+
+
+def jvm_cpu_seconds(pids: Sequence[int]) -> float | None:
+    """User + system CPU seconds of the server JVMs (None if we did not start them)."""
+    if not pids:
+        return None
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / _CLOCK_TICKS
+
+
+class MachineCpu:
+    """How busy all cores were between two points, and how much time the hypervisor
+    took away (steal), to judge how noisy a phase was."""
+
+    def __init__(self) -> None:
+        self._start = self._read()
+
+    @staticmethod
+    def _read() -> list[int]:
+        try:
+            return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return []
+
+    def _delta(self) -> tuple[list[int], int]:
+        now = self._read()
+        delta = [b - a for a, b in zip(self._start, now, strict=False)]
+        return delta, sum(delta)
+
+    def busy_percent(self) -> float | None:
+        """Share of all cores' time not idle (user, system, irq, steal, ...)."""
+        delta, total = self._delta()
+        if total <= 0 or len(delta) < 5:
+            return None
+        idle = delta[3] + delta[4]  # idle + iowait
+        return round(100.0 * (total - idle) / total, 1)
+
+    def steal_percent(self) -> float | None:
+        """Share of all cores' time the hypervisor ran something else."""
+        delta, total = self._delta()
+        if total <= 0 or len(delta) < 8:
+            return None
+        return round(100.0 * delta[7] / total, 1)
+
+
+def proc_status_kib(name: str) -> int | None:
+    """A ``VmRSS``/``VmHWM``-style line of ``/proc/self/status``, in KiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def context_switches() -> int:
+    """Voluntary + involuntary context switches of every thread of this process so far
+    (threads that already ended are not counted)."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for task in Path("/proc/self/task").iterdir():
+            with contextlib.suppress(OSError):
+                for line in (task / "status").read_text().splitlines():
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        total += int(line.split()[1])
+    return total
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's VmHWM to its current RSS (Linux >= 4.0:
+    ``echo 5 > /proc/self/clear_refs``). False if the kernel refused."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------ output
+
+
+def percentile(sorted_values: Sequence[float], fraction: float) -> float | None:
+    """Nearest-rank percentile of an already sorted sequence."""
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, round(fraction * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    # Text columns left, figures right.
+    left = [
+        all(not c[:1].isdigit() and c != "-" for c in (r[i] for r in rows))
+        for i in range(len(headers))
+    ]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            cell.ljust(width) if is_left else cell.rjust(width)
+            for cell, width, is_left in zip(cells, widths, left, strict=True)
+        )
+
+    print(line(headers))
+    print("  ".join("-" * width for width in widths))
+    for row in rows:
+        print(line(row))
+
+
+def write_json(directory: Path, name: str, data: dict[str, Any]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
