@@ -153,6 +153,7 @@ class AsyncStreamingResultSet:
         self.page_number = 0
         self.total_rows_fetched = 0
         self.max_rows_held = 0
+        self.empty_pages = 0
         self._page_arrived(first_page)
 
     # -- introspection ---------------------------------------------------------------
@@ -205,13 +206,17 @@ class AsyncStreamingResultSet:
 
         Waits while the receivers are behind (backpressure reaches the paging), closes
         ``send_stream`` at the end so receivers finish, and closes this stream however
-        it ends: when cancelled (the task group was), or when the receivers are gone.
+        it ends: at the last row, when cancelled (the task group was), or when every
+        receiver has closed its end (then it returns quietly). Raises what the stream
+        raises (:class:`~async_cassandra.TimeoutError`, ...).
         """
         async with send_stream:
             try:
                 source = self.pages() if pages else self
                 async for item in source:
                     await send_stream.send(item)
+            except anyio.BrokenResourceError:
+                pass  # every receiver is closed: nobody wants the rest
             finally:
                 await self.close()
 
@@ -315,10 +320,12 @@ class AsyncStreamingResultSet:
             return
         page: Sequence[Any] = () if rows is None else rows
         self.total_rows_fetched += len(page)
-        if page:  # an empty page mid-result (tombstones, filtering) does not end it
+        if page:
             self._buffer.append(page)
             self._buffered_rows += len(page)
             self.max_rows_held = max(self.max_rows_held, self.rows_held)
+        else:  # an empty page mid-result (tombstones, filtering) does not end it
+            self.empty_pages += 1
         self._maybe_fetch()
         self._wake_consumer()
 

@@ -228,3 +228,38 @@ async def test_a_detached_request_drops_its_callbacks_when_the_driver_finishes()
     assert registry == set()
     assert limiter.in_use == 0
     assert future._callbacks == []
+
+
+async def test_empty_pages_in_the_middle_of_a_stream_are_skipped() -> None:
+    from async_cassandra.streaming import AsyncStreamingResultSet, StreamConfig
+
+    limiter = InFlightLimiter(4)
+    registry: set[DriverRequest] = set()
+    portal = current_portal()
+    future = FakeResponseFuture([[1, 2], [], [], [3], []])
+    future._col_names = ["n"]  # type: ignore[attr-defined]
+    await limiter.acquire(portal)
+    request = DriverRequest(future, limiter, portal, registry)  # type: ignore[arg-type]
+    in_thread(future.complete)
+    first = await request.page()
+    stream = AsyncStreamingResultSet(
+        request, first, StreamConfig(fetch_size=2), limiter=limiter, page_timeout=5
+    )
+    rows: list[int] = []
+
+    async def driver_thread() -> None:
+        # Answer each page request as the reactor would, from another thread.
+        while future.has_more_pages or registry:
+            if request._waiter is not None and future._served < len(future._pages):
+                in_thread(future.complete)
+            await anyio.sleep(0.001)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(driver_thread)
+        async with stream:
+            rows = [row async for row in stream]
+    assert rows == [1, 2, 3]
+    assert stream.empty_pages == 3
+    assert stream.pages_requested == 5
+    assert registry == set()
+    assert limiter.in_use == 0
