@@ -99,7 +99,7 @@ async def test_manual_cleanup(my_keyspace: list[uuid.UUID]) -> None:
 
 @pytest.mark.anyio
 async def test_context_managers(my_keyspace: list[uuid.UUID]) -> None:
-    async with AsyncCluster(["localhost"]) as cluster:  # noqa: SIM117 - the guide's shape
+    async with AsyncCluster(["localhost"]) as cluster:
         async with await cluster.connect("my_keyspace") as session:
             result = await session.execute("SELECT * FROM users")
             # Python automatically calls close() and shutdown() for you
@@ -339,7 +339,7 @@ def test_complete_streaming_example(
     output = tmp_path / "users_export.csv"
 
     async def main() -> None:
-        async with AsyncCluster(["localhost"]) as cluster:  # noqa: SIM117 - as in the guide
+        async with AsyncCluster(["localhost"]) as cluster:
             async with await cluster.connect("my_keyspace") as session:
                 await export_user_data(session, output)
 
