@@ -290,7 +290,11 @@ class AsyncCassandraSession:
         )
 
     async def execute_batch(self, batch: Statement, **kwargs: Any) -> AsyncResultSet:
-        """Run a ``BatchStatement``; the keywords are those of :meth:`execute`."""
+        """Run a ``BatchStatement``; the keywords are those of :meth:`execute`.
+
+        Cancellation and errors as for :meth:`execute`: a cancelled batch may or may
+        not have been applied (a LOGGED batch is applied whole or not at all).
+        """
         return await self.execute(batch, **kwargs)
 
     async def prepare(
@@ -344,7 +348,8 @@ class AsyncCassandraSession:
         """Make ``keyspace`` the default for this session's unqualified tables.
 
         Raises :class:`QueryError` for a name that is not a valid keyspace name (before
-        any I/O) or a keyspace that does not exist.
+        any I/O) or a keyspace that does not exist. Cancelled, the switch may or may not
+        have happened on the session's connections: set it again before relying on it.
         """
         if not isinstance(keyspace, str) or not _VALID_KEYSPACE.match(keyspace):
             raise QueryError(

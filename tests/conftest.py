@@ -10,6 +10,7 @@ import anyio
 import pytest
 
 from async_cassandra import AsyncCassandraSession, AsyncCluster
+from async_cassandra.testing import LocalCassandra
 
 # Every call of the asyncio loop's exception handler during a test: an exception in a
 # callback or a task nobody awaited. The library must never cause one.
@@ -72,3 +73,15 @@ def session(shared_session: AsyncCassandraSession) -> Iterator[AsyncCassandraSes
 def ks(cassandra_keyspace: str) -> str:
     """A fresh keyspace for this test (dropped afterwards)."""
     return cassandra_keyspace
+
+
+
+@pytest.fixture(scope="session")
+def pausable_node() -> Iterator[LocalCassandra]:
+    """A node of the tests' own, which they freeze (SIGSTOP) to make requests hang.
+
+    Separate from the session node, which other tests share, and started only when a
+    test asks for it.
+    """
+    with LocalCassandra(address="127.0.0.50") as node:
+        yield node

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -18,13 +18,6 @@ from async_cassandra._portal import current_portal
 from async_cassandra.testing import LocalCassandra
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def pausable_node() -> Iterator[LocalCassandra]:
-    """A node of this module's own, which tests freeze (SIGSTOP) to make requests hang."""
-    with LocalCassandra(address="127.0.0.50") as node:
-        yield node
 
 
 async def test_a_thousand_cancelled_executes_leave_nothing_behind(

@@ -311,16 +311,9 @@ async def test_feed_into_a_memory_object_stream_with_backpressure(
     await wait_until(lambda: session.requests_registered == 0, "the stream is released")
 
 
-@pytest.fixture(scope="module")
-def stalling_node() -> Iterator[LocalCassandra]:
-    """A node of its own that a test freezes between pages (SIGSTOP)."""
-    with LocalCassandra(address="127.0.0.51") as node:
-        yield node
-
-
-async def test_a_page_that_does_not_arrive_in_time_raises(stalling_node: LocalCassandra) -> None:
+async def test_a_page_that_does_not_arrive_in_time_raises(pausable_node: LocalCassandra) -> None:
     async with (
-        AsyncCluster(stalling_node.contact_points, port=stalling_node.native_port) as cluster,
+        AsyncCluster(pausable_node.contact_points, port=pausable_node.native_port) as cluster,
         await cluster.connect() as session,
     ):
         config = StreamConfig(fetch_size=2, read_ahead=0, timeout_seconds=0.5)
@@ -330,12 +323,12 @@ async def test_a_page_that_does_not_arrive_in_time_raises(stalling_node: LocalCa
         async with stream:
             await stream.__anext__()
             await stream.__anext__()  # the first page is used up
-            stalling_node.pause()
+            pausable_node.pause()
             try:
                 with anyio.fail_after(10), pytest.raises(TimeoutError, match="did not arrive"):
                     await stream.__anext__()
             finally:
-                stalling_node.resume()
+                pausable_node.resume()
         assert stream.is_closed
         await wait_until(lambda: session.requests_registered == 0, "the page is dropped")
         assert (await session.execute("SELECT key FROM system.local")).one().key == "local"
