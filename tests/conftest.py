@@ -75,7 +75,6 @@ def ks(cassandra_keyspace: str) -> str:
     return cassandra_keyspace
 
 
-
 @pytest.fixture(scope="session")
 def pausable_node() -> Iterator[LocalCassandra]:
     """A node of the tests' own, which they freeze (SIGSTOP) to make requests hang.
