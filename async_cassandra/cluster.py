@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
 import anyio
 import cassandra.cluster
 from cassandra.auth import PlainTextAuthProvider
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, ExecutionProfile, default_lbp_factory
 from cassandra.cluster import Cluster as DriverCluster
 
 from .exceptions import (
@@ -32,27 +33,42 @@ MIN_PROTOCOL_VERSION = 5
 DEFAULT_CONNECT_TIMEOUT = 60.0
 
 
-# Set in the worker thread of connect() while the driver negotiates the protocol.
-_negotiating = threading.local()
+# Set in the thread that runs our driver calls whose warnings we expect and handle.
+_quiet = threading.local()
+
+# Driver warnings about what AsyncCluster does on purpose:
+# - negotiating the protocol (the default; we check the result is v5+) logs two
+#   "Downgrading core protocol version" warnings per connect to Cassandra, as the driver
+#   starts from the DataStax Enterprise versions (66, 65);
+# - a cluster with contact points but no explicit load-balancing policy logs a warning
+#   about the driver's next major version. Passing the policy explicitly would lock the
+#   driver into its legacy configuration mode (no execution profiles) or its profiles
+#   mode (no `session.row_factory = ...`); the driver's own default keeps both working.
+_EXPECTED_WARNINGS = (
+    "Downgrading core protocol version",
+    "Cluster.__init__ called with contact_points specified, but no load_balancing_policy",
+)
 
 
-class _QuietNegotiation(logging.Filter):
-    """Drops the driver's "Downgrading core protocol version" warnings from our connects.
-
-    Negotiating is what AsyncCluster does by default on purpose (and checks the result
-    is v5+), yet the driver logs two warnings per connect to Cassandra, as it starts
-    from the DataStax Enterprise versions (66, 65). Only records logged by our own
-    connect threads are dropped; everyone else's driver logging is left alone.
-    """
+class _QuietExpectedWarnings(logging.Filter):
+    """Drops those warnings, and only when logged by our own calls into the driver."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (
-            getattr(_negotiating, "active", False)
-            and str(record.msg).startswith("Downgrading core protocol version")
+            getattr(_quiet, "active", False) and str(record.msg).startswith(_EXPECTED_WARNINGS)
         )
 
 
-logging.getLogger("cassandra.cluster").addFilter(_QuietNegotiation())
+logging.getLogger("cassandra.cluster").addFilter(_QuietExpectedWarnings())
+
+
+@contextmanager
+def _expected_driver_warnings() -> Iterator[None]:
+    _quiet.active = True
+    try:
+        yield
+    finally:
+        _quiet.active = False
 
 
 def _protocol_error(version: int, *, negotiated: bool) -> ConfigurationError:
@@ -128,22 +144,10 @@ class AsyncCluster:
             if value is not None:
                 options[name] = value
         options.update(driver_kwargs)
-        if load_balancing_policy is None:
-            # The driver logs a warning for every cluster made with contact points but
-            # no explicit load-balancing policy. Give it its own default explicitly: in
-            # a default execution profile (so users can still add profiles), or as the
-            # legacy parameter when they use legacy ones (the driver forbids mixing).
-            if retry_policy is not None:
-                options["load_balancing_policy"] = default_lbp_factory()
-            elif "execution_profiles" not in options:
-                options["execution_profiles"] = {
-                    EXEC_PROFILE_DEFAULT: ExecutionProfile(
-                        load_balancing_policy=default_lbp_factory()
-                    )
-                }
         try:
             # No I/O: the driver only records its configuration here.
-            self._cluster = DriverCluster(**options)
+            with _expected_driver_warnings():
+                self._cluster = DriverCluster(**options)
         except TypeError as error:
             raise ConfigurationError(f"invalid AsyncCluster option: {error}") from error
         except Exception as error:
@@ -243,11 +247,8 @@ class AsyncCluster:
         abandoned = threading.Event()
 
         def connect_in_thread() -> cassandra.cluster.Session:
-            _negotiating.active = True
-            try:
+            with _expected_driver_warnings():
                 session = self._cluster.connect(keyspace)
-            finally:
-                _negotiating.active = False
             if abandoned.is_set():
                 # Nobody awaits this session any more: close it here, in the worker,
                 # rather than leaving open connections behind.

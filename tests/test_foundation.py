@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from async_cassandra import AsyncCassandraSession, AsyncCluster
@@ -32,10 +34,16 @@ async def test_write_then_read_rows(session: AsyncCassandraSession, ks: str) -> 
     assert sorted((r.id, r.name) for r in rows) == [(i, f"u{i}") for i in range(5)]
 
 
-async def test_own_cluster_and_session_as_context_managers(cassandra_node: object) -> None:
+async def test_own_cluster_and_session_as_context_managers(
+    cassandra_node: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
     node = cassandra_node
     async with AsyncCluster(node.contact_points, port=node.port) as cluster:  # type: ignore[attr-defined]
         async with await cluster.connect() as session:
             assert (await session.execute("SELECT key FROM system.local")).one().key == "local"
         assert session.is_closed
     assert cluster.is_closed
+    # Negotiating the protocol and the driver's default load balancing are what we
+    # want: the driver's warnings about them are not passed on.
+    assert [r.getMessage() for r in caplog.records] == []
