@@ -15,6 +15,7 @@ import cassandra.cluster
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import Cluster as DriverCluster
 
+from ._offloop import OffLoopCalls
 from .exceptions import (
     AuthenticationError,
     ConfigurationError,
@@ -156,6 +157,7 @@ class AsyncCluster:
         self._closed = False
         self._close_lock = threading.Lock()
         self._sessions: weakref.WeakSet[AsyncCassandraSession] = weakref.WeakSet()
+        self._offloop = OffLoopCalls()
 
     @classmethod
     def create_with_auth(
@@ -201,13 +203,11 @@ class AsyncCluster:
         The driver refreshes metadata after schema changes it is told about, debounced
         by ``schema_event_refresh_window``; call this when you need a change (say, one
         made by another client) visible at once. Cancellation abandons the worker
-        thread, which finishes the refresh by itself.
+        thread, which finishes the refresh by itself (:meth:`shutdown` waits for it).
         """
         try:
-            await anyio.to_thread.run_sync(
-                self._cluster.refresh_schema_metadata,
-                max_schema_agreement_wait,
-                abandon_on_cancel=True,
+            await self._offloop.run(
+                self._cluster.refresh_schema_metadata, max_schema_agreement_wait
             )
         except Exception as error:
             raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
@@ -233,7 +233,8 @@ class AsyncCluster:
 
         The driver's connect blocks, so it runs in a worker thread; the event loop
         stays free. Bounded by ``timeout`` (default 60 s). Cancellation returns at
-        once; a connection that completes afterwards is closed by the worker.
+        once; a connection that completes afterwards is closed by the worker, and
+        :meth:`shutdown` waits for that worker.
 
         Raises :class:`ConnectionError` (no host reachable, cluster shut down),
         :class:`AuthenticationError`, :class:`QueryError` (unknown keyspace),
@@ -258,9 +259,7 @@ class AsyncCluster:
         try:
             with anyio.fail_after(timeout if timeout is not None else DEFAULT_CONNECT_TIMEOUT):
                 try:
-                    driver_session = await anyio.to_thread.run_sync(
-                        connect_in_thread, abandon_on_cancel=True
-                    )
+                    driver_session = await self._offloop.run(connect_in_thread)
                 except BaseException:
                     abandoned.set()
                     raise
@@ -318,7 +317,12 @@ class AsyncCluster:
             # The driver's cluster shutdown closes the driver sessions; mark ours.
             session._mark_closed()
         with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
-            await anyio.to_thread.run_sync(self._cluster.shutdown, abandon_on_cancel=True)
+            await self._offloop.run(self._cluster.shutdown)
+            # A connect or refresh abandoned by a cancelled caller ends soon after the
+            # driver shut down; it was started in this cluster's scope, so wait for it.
+            await self._offloop.wait_idle(CLOSE_TIMEOUT)
+            for session in list(self._sessions):
+                await session._offloop.wait_idle(CLOSE_TIMEOUT)
 
     close = shutdown
 

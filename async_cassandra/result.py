@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import anyio
 from cassandra.cluster import ResponseFuture
 from cassandra.query import BatchStatement, QueryTrace
+
+from ._offloop import OffLoopCalls
 
 __all__ = ["AsyncResultSet"]
 
@@ -30,10 +31,12 @@ class AsyncResultSet:
         response_future: ResponseFuture | None = None,
         *,
         paging_state: bytes | None = None,
+        offloop: OffLoopCalls | None = None,
     ) -> None:
         self._rows = rows
         self._future = response_future
         self._paging_state = paging_state
+        self._offloop = offloop if offloop is not None else OffLoopCalls()
 
     # -- rows ------------------------------------------------------------------------
 
@@ -113,15 +116,14 @@ class AsyncResultSet:
         """The server's trace of this query (run it with ``trace=True``), or None.
 
         The driver fetches trace events with blocking queries, so this runs in a worker
-        thread. Cancelling abandons the thread; it ends by itself within ``max_wait``.
+        thread. Cancelling abandons the thread; it ends by itself within ``max_wait``
+        (closing the session waits for it).
         """
         future = self._future
         # The driver's _query_traces stays None for a request that was not traced.
         if future is None or not getattr(future, "_query_traces", None):
             return None
-        return await anyio.to_thread.run_sync(
-            future.get_query_trace, max_wait, abandon_on_cancel=True
-        )
+        return await self._offloop.run(future.get_query_trace, max_wait)
 
 
 class _AsyncRowIterator:

@@ -14,6 +14,7 @@ from cassandra.cluster import _NOT_SET, EXEC_PROFILE_DEFAULT
 from cassandra.cluster import Session as DriverSession
 from cassandra.query import PreparedStatement, SimpleStatement, Statement
 
+from ._offloop import OffLoopCalls
 from ._portal import InFlightLimiter, current_portal
 from ._request import DriverRequest, driver_timeout
 from .exceptions import ConnectionError, QueryError, translate_driver_error
@@ -73,6 +74,7 @@ class AsyncCassandraSession:
         self._closed = False
         self._close_lock = threading.Lock()
         self._prepared: OrderedDict[str, PreparedStatement] = OrderedDict()
+        self._offloop = OffLoopCalls()
         # Driver requests whose callbacks are still registered (introspection).
         self._requests: set[DriverRequest] = set()
 
@@ -191,7 +193,9 @@ class AsyncCassandraSession:
             while future.has_more_pages:
                 rows.extend(_page_rows(await request.next_page(portal, page_timeout)))
         request.detach()
-        return AsyncResultSet(rows, future, paging_state=future._paging_state)
+        return AsyncResultSet(
+            rows, future, paging_state=future._paging_state, offloop=self._offloop
+        )
 
     async def start_request(
         self,
@@ -307,15 +311,14 @@ class AsyncCassandraSession:
 
         The driver's prepare blocks its caller, so it runs in a worker thread. On
         cancellation or ``timeout`` this returns at once; the worker finishes the
-        prepare by itself (it is harmless). Raises :class:`QueryError` for invalid
-        CQL, :class:`TimeoutError`, :class:`ConnectionError`.
+        prepare by itself (it is harmless), and :meth:`close` waits for it. Raises
+        :class:`QueryError` for invalid CQL, :class:`TimeoutError`,
+        :class:`ConnectionError`.
         """
         session = self._check_open()
         try:
             with anyio.fail_after(timeout if timeout is not None else session.default_timeout):
-                return await anyio.to_thread.run_sync(
-                    session.prepare, query, custom_payload, abandon_on_cancel=True
-                )
+                return await self._offloop.run(session.prepare, query, custom_payload)
         except Exception as error:
             raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
 
@@ -370,7 +373,9 @@ class AsyncCassandraSession:
         if not self._mark_closed():
             return
         with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
-            await anyio.to_thread.run_sync(self._session.shutdown, abandon_on_cancel=True)
+            await self._offloop.run(self._session.shutdown)
+            # Prepares and trace fetches abandoned by cancelled callers: ours to finish.
+            await self._offloop.wait_idle(CLOSE_TIMEOUT)
 
     def _mark_closed(self) -> bool:
         """Refuse new requests and fail those in flight; False if already closed."""

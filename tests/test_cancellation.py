@@ -189,6 +189,9 @@ async def test_cancelled_connect_returns_at_once_and_leaves_no_session(
         assert scope.cancelled_caught
         session = await cluster.connect()
         assert (await session.execute("SELECT key FROM system.local")).one().key == "local"
+    # The abandoned connect's worker thread was started inside the cluster's scope:
+    # it has finished (and closed what it opened) by the time the scope is left.
+    assert cluster._offloop.running == 0
 
 
 async def test_blocking_driver_calls_run_off_the_loop(cassandra_node: Any, ks: str) -> None:

@@ -263,3 +263,23 @@ async def test_empty_pages_in_the_middle_of_a_stream_are_skipped() -> None:
     assert stream.pages_requested == 5
     assert registry == set()
     assert limiter.in_use == 0
+
+
+async def test_off_loop_calls_are_counted_until_their_thread_returns() -> None:
+    import threading as _threading
+
+    from async_cassandra._offloop import OffLoopCalls
+
+    calls = OffLoopCalls()
+    release = _threading.Event()
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await calls.run(release.wait, 5)  # cancelled before (or as) the thread starts
+    with anyio.move_on_after(0.05):
+        await calls.run(release.wait, 5)  # abandoned while the thread blocks
+    assert calls.running >= 1
+    assert not await calls.wait_idle(0.05)
+    release.set()
+    assert await calls.wait_idle(5)
+    assert calls.running == 0
+    assert await calls.run(sum, [1, 2]) == 3
