@@ -16,6 +16,7 @@ from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import Cluster as DriverCluster
 
 from ._offloop import OffLoopCalls
+from ._rows import use_cached_row_classes
 from .exceptions import (
     AuthenticationError,
     ConfigurationError,
@@ -271,6 +272,7 @@ class AsyncCluster:
             # no retry makes the server newer.
             await self.shutdown()
             raise _protocol_error(negotiated, negotiated=True)
+        use_cached_row_classes(self._cluster, driver_session)
         session = AsyncCassandraSession(
             driver_session, self, max_concurrent_requests=self._max_concurrent_requests
         )

@@ -292,11 +292,15 @@ class AsyncStreamingResultSet:
         # Fetch ahead while fewer than read_ahead pages wait in the buffer. Synchronous
         # (it also runs from the portal's drain), so it only takes a free slot; if none
         # is free the consumer waits for one when it needs the page.
+        # A page that lands while the consumer waits is taken at once: it counts as
+        # current, not as read-ahead, so the next request goes out without waiting for
+        # the consumer's task to be scheduled. The bound is unchanged.
+        waiting = 1 if self._consumer is not None else 0
         if (
             self._closed
             or self._fetching
             or self._error is not None
-            or len(self._buffer) >= self._config.read_ahead
+            or len(self._buffer) - waiting >= self._config.read_ahead
             or self._no_more_requests()
         ):
             return

@@ -262,3 +262,23 @@ async def test_register_user_type_and_metadata(cassandra_node: object, ks: str) 
         assert isinstance(row.home, Address)
         assert (row.home.street, row.home.zip) == ("Main St", 12345)
         assert ks in cluster.metadata.keyspaces
+
+
+async def test_rows_are_named_tuples_of_one_class_per_column_set(
+    session: AsyncCassandraSession, users: str
+) -> None:
+    first = await session.execute(f"SELECT id, name FROM {users} WHERE id = 1")
+    second = await session.execute(f"SELECT id, name FROM {users} WHERE id = 2")
+    other = await session.execute(f"SELECT name, email FROM {users} WHERE id = 2")
+    row = first.one()
+    assert type(row).__name__ == "Row"
+    assert row._fields == ("id", "name")
+    assert row == (1, "user1")
+    assert (row.id, row.name) == (1, "user1")
+    # The driver's default makes a new class per response; ours is made once.
+    assert type(second.one()) is type(row)
+    assert type(other.one()) is not type(row)
+    assert other.one()._fields == ("name", "email")
+    # Column names that are not identifiers are renamed as the driver renames them.
+    count = (await session.execute(f"SELECT count(*) FROM {users}")).one()
+    assert count.count == 20
