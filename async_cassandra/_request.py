@@ -20,7 +20,7 @@ from ._backends import Waiter
 from ._portal import InFlightLimiter, Portal
 from .exceptions import TimeoutError, translate_driver_error
 
-__all__ = ["DriverRequest", "driver_timeout", "surface_deadline"]
+__all__ = ["DriverRequest", "driver_timeout", "page_rows", "surface_deadline"]
 
 # A deadline that has already passed still becomes a positive driver timeout: the driver
 # treats 0 as "fire the timer now", which is right, but some policies divide by it.
@@ -59,6 +59,12 @@ async def surface_deadline(error: BaseException, deadline: float | None) -> None
         # may have passed when the loop looks, and an inner scope would then swallow
         # the cancellation meant for the caller's.
         await anyio.sleep(_CLOCK_MARGIN + max(deadline - anyio.current_time(), 0.0))
+
+
+def page_rows(page: Any) -> Any:
+    """A page's rows: the driver hands callbacks None for results without rows
+    (INSERT, DDL, USE)."""
+    return () if page is None else page
 
 
 class DriverRequest:
@@ -120,19 +126,15 @@ class DriverRequest:
         self._finish(None, error)
 
     def _finish(self, rows: Any, error: BaseException | None) -> None:
-        # Runs on the reactor thread, an executor thread or inline. Read the waiter and
-        # portal the loop thread set before it asked for this page; it will not touch
-        # them again until it asks for the next page, which needs this one finished.
-        with self._lock:
-            waiter, portal = self._waiter, self._portal
-            if waiter is None:
-                return  # abandon() already finished this page for us
-            self._waiter = None
-            detached = self._detached
+        # Runs on the reactor thread, an executor thread or inline.
+        taken = self._take_page(detach=False)
+        if taken is None:
+            return  # abandon() already finished this page for us
+        waiter, portal, detached = taken
         self._limiter.release()
         if detached:
             self._retire()  # nobody waits: drop the result and our callbacks
-        elif waiter is not None:
+        else:
             portal.deliver(waiter, rows, error)
 
     def abandon(self, error: BaseException) -> None:
@@ -142,15 +144,28 @@ class DriverRequest:
         its pools shut down (their retry is dropped silently), so without this they
         would wait for their timeout. Any thread; a later driver callback is ignored.
         """
-        with self._lock:
-            waiter, portal = self._waiter, self._portal
-            if waiter is None:
-                return
-            self._waiter = None
-            self._detached = True
+        taken = self._take_page(detach=True)
+        if taken is None:
+            return
+        waiter, portal, _ = taken
         self._limiter.release()
         self._retire()
         portal.deliver(waiter, None, error)
+
+    def _take_page(self, *, detach: bool) -> tuple[Waiter, Portal, bool] | None:
+        """Claim the outstanding page's waiter, once: the driver's callback and
+        :meth:`abandon` may race for it. Returns it with its portal and whether the
+        request is detached, or None if the page was already claimed."""
+        # Reads the waiter and portal the loop thread set before it asked for this
+        # page; it does not touch them again until it asks for the next page, which
+        # needs this one finished.
+        with self._lock:
+            waiter = self._waiter
+            if waiter is None:
+                return None
+            self._waiter = None
+            self._detached = self._detached or detach
+            return waiter, self._portal, self._detached
 
     def _retire(self) -> None:
         # Any thread. Breaks the future -> callback -> request cycle now instead of
@@ -221,8 +236,3 @@ class DriverRequest:
             finished = self._waiter is None
         if finished:
             self._retire()
-
-    @property
-    def done(self) -> bool:
-        """No page outstanding and no more pages to fetch."""
-        return self._waiter is None and not self.future.has_more_pages

@@ -16,7 +16,7 @@ from cassandra.query import PreparedStatement, SimpleStatement, Statement
 
 from ._offloop import OffLoopCalls
 from ._portal import InFlightLimiter, current_portal
-from ._request import DriverRequest, driver_timeout
+from ._request import DriverRequest, driver_timeout, page_rows
 from .exceptions import ConnectionError, QueryError, translate_driver_error
 from .result import AsyncResultSet
 from .streaming import AsyncStreamingResultSet, StreamConfig
@@ -184,14 +184,14 @@ class AsyncCassandraSession:
             fetch_size=fetch_size,
         )
         future = request.future
-        rows = _page_rows(first_page)
+        rows = page_rows(first_page)
         if paging_state is None and fetch_size is None and future.has_more_pages:
             # Later pages are not timed by the driver; give each a deadline of ours.
             page_timeout = timeout if timeout is not None else self._session.default_timeout
             portal = current_portal()
             rows = list(rows)
             while future.has_more_pages:
-                rows.extend(_page_rows(await request.next_page(portal, page_timeout)))
+                rows.extend(page_rows(await request.next_page(portal, page_timeout)))
         request.detach()
         return AsyncResultSet(
             rows, future, paging_state=future._paging_state, offloop=self._offloop
@@ -433,8 +433,3 @@ def _with_fetch_size(query: Any, parameters: Any, fetch_size: int) -> tuple[Any,
         query = copy.copy(query)
     query.fetch_size = fetch_size
     return query, parameters
-
-
-def _page_rows(page: Any) -> Any:
-    # The driver hands callbacks None for results without rows (INSERT, DDL, USE).
-    return () if page is None else page

@@ -30,11 +30,11 @@ from anyio.abc import ObjectSendStream
 from cassandra.query import SimpleStatement
 
 from ._portal import InFlightLimiter, Portal, current_portal
+from ._request import DriverRequest, page_rows
 from .exceptions import TimeoutError, translate_driver_error
 
 if TYPE_CHECKING:
     from ._backends import Waiter
-    from ._request import DriverRequest
 
 __all__ = [
     "AsyncStreamingResultSet",
@@ -322,7 +322,7 @@ class AsyncStreamingResultSet:
         self._fetching = False
         if self._closed:
             return
-        page: Sequence[Any] = () if rows is None else rows
+        page: Sequence[Any] = page_rows(rows)
         self.total_rows_fetched += len(page)
         if page:
             self._buffer.append(page)
