@@ -282,18 +282,19 @@ class AsyncCluster:
     def _connect_hint(self, error: BaseException) -> str | None:
         if not isinstance(error, cassandra.cluster.NoHostAvailable):
             return None
-        if category_of(error) is QueryError:
+        category = category_of(error)
+        if category is QueryError:
             return (
                 "Check that the keyspace exists (CREATE KEYSPACE first, or connect "
                 "without one and create it)"
             )
-        if category_of(error) is ConfigurationError:
+        if category is ConfigurationError:
             return (
                 f"The server does not speak CQL protocol v{self._cluster.protocol_version}: "
                 f"async-cassandra requires protocol v{MIN_PROTOCOL_VERSION} or higher, "
                 "which Cassandra 4.0 and later speak"
             )
-        if category_of(error) is AuthenticationError:
+        if category is AuthenticationError:
             return "Check the username and password (AsyncCluster.create_with_auth)"
         points = ", ".join(f"{h}:{self._cluster.port}" for h in self._cluster.contact_points)
         return (
