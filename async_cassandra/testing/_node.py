@@ -750,6 +750,8 @@ class LocalCassandra:
         for node in self._nodes:
             self._launch(java, lib, jamm[-1], node)
         self._wait_ready(began)
+        if len(self._nodes) > 1:
+            self._wait_until_formed(began)
         self.start_seconds = time.monotonic() - began
 
     def stop(self, grace: float = 20.0) -> None:
@@ -1009,6 +1011,49 @@ class LocalCassandra:
                     f"is slow. Last lines of the logs:\n{self.log_tail(40)}"
                 )
             time.sleep(0.1)
+
+    def _wait_until_formed(self, began: float) -> None:
+        """Wait until a client sees every node of the cluster up.
+
+        Each node answers CQL before gossip has told it about the others: a driver
+        connecting at that moment reads an incomplete ``system.peers`` and sees fewer
+        hosts. A driver of our own watches the topology until all are there and up.
+        """
+        from cassandra.auth import PlainTextAuthProvider
+        from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+        from cassandra.policies import RoundRobinPolicy
+
+        opts = self._opts
+        deadline = began + opts.startup_timeout
+        profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy())
+        probe = Cluster(
+            self.contact_points,
+            port=opts.native_port,
+            protocol_version=5,  # Cassandra 5.0: no negotiation, no downgrade warnings
+            execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+            auth_provider=(
+                PlainTextAuthProvider(self.username, self.password) if opts.auth else None
+            ),
+            ssl_context=self.ssl_context() if opts.tls else None,
+        )
+        try:
+            probe.connect()
+            while True:
+                hosts = probe.metadata.all_hosts()
+                if sorted(h.address for h in hosts) == sorted(self.addresses) and all(
+                    h.is_up for h in hosts
+                ):
+                    return
+                if time.monotonic() > deadline:
+                    seen = sorted(h.address for h in hosts if h.is_up)
+                    raise LauncherError(
+                        f"the {len(self._nodes)} nodes answer CQL but a client sees only "
+                        f"{seen} up after {opts.startup_timeout:.0f} s; the nodes did not "
+                        f"form one cluster. Last lines of the logs:\n{self.log_tail(40)}"
+                    )
+                time.sleep(0.2)
+        finally:
+            probe.shutdown()
 
     @staticmethod
     def _read_new(node: _Node, offsets: dict[int, int], carry: dict[int, str]) -> str:
