@@ -20,17 +20,20 @@ import time
 import warnings
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import repeat
+from operator import length_hint
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from anyio.abc import ObjectSendStream
-from cassandra.query import SimpleStatement
+from cassandra.query import SimpleStatement, tuple_factory
 
 from ._portal import InFlightLimiter, Portal, current_portal
 from ._request import DriverRequest, page_rows
+from ._rows import named_tuple_rows, row_class
 from .exceptions import TimeoutError, translate_driver_error
 
 if TYPE_CHECKING:
@@ -44,6 +47,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+# Makes a Row from a raw row: straight from C, no Python frame (see _rows).
+_new_tuple = tuple.__new__
 
 
 @dataclass(frozen=True)
@@ -141,9 +147,15 @@ class AsyncStreamingResultSet:
         self._page_timeout = page_timeout if page_timeout is not None else math.inf
         self._sink = _PageSink(self)
         self._portal: Portal = current_portal()
-        self._page: Sequence[Any] = ()
-        self._index = 0
-        self._buffer: deque[Sequence[Any]] = deque()
+        # The page being consumed: _rows yields its rows in turn, _page_rows is the
+        # iterator of the page itself under it (which knows how many are left). With
+        # the default row factory the page holds raw tuples and _rows makes each a Row
+        # as it is handed out (see _take_buffered_page).
+        self._page_rows: Iterator[Any] = iter(())
+        self._rows: Iterator[Any] = self._page_rows
+        # Pages that arrived and wait for the consumer, with whether their rows are
+        # made yet (see _defer_row_making).
+        self._buffer: deque[tuple[Sequence[Any], bool]] = deque()
         self._buffered_rows = 0
         self._fetching = False
         self._fetch_started = 0.0
@@ -154,14 +166,15 @@ class AsyncStreamingResultSet:
         self.total_rows_fetched = 0
         self.max_rows_held = 0
         self.empty_pages = 0
-        self._page_arrived(first_page)
+        self._make_rows = self._defer_row_making()  # before any later page is asked for
+        self._page_arrived(first_page, made=True)
 
     # -- introspection ---------------------------------------------------------------
 
     @property
     def rows_held(self) -> int:
         """Rows this stream holds now: the rest of the current page plus read-ahead."""
-        return len(self._page) - self._index + self._buffered_rows
+        return length_hint(self._page_rows) + self._buffered_rows
 
     @property
     def pages_requested(self) -> int:
@@ -189,12 +202,17 @@ class AsyncStreamingResultSet:
         return self
 
     async def __anext__(self) -> Any:
-        while self._index >= len(self._page):
-            if await self._next_page() is None:
-                raise StopAsyncIteration
-        row = self._page[self._index]
-        self._index += 1
-        return row
+        # The per-row path: one step of a C iterator. A for loop, not next(), which
+        # would cost a call and a sentinel test per row.
+        for row in self._rows:
+            return row
+        return await self._first_row_of_next_page()
+
+    async def _first_row_of_next_page(self) -> Any:
+        while await self._next_page():
+            for row in self._rows:
+                return row
+        raise StopAsyncIteration
 
     def pages(self) -> _PageIterator:
         """Iterate whole pages (sequences of rows), starting with what remains of the
@@ -222,18 +240,36 @@ class AsyncStreamingResultSet:
 
     # -- paging, on the loop thread -----------------------------------------------------
 
-    async def _next_page(self) -> Sequence[Any] | None:
-        """Make the next page current; None when there are no more.
+    def _defer_row_making(self) -> Callable[[list[str], Any], Any]:
+        """Have the driver hand later pages over as raw tuples; return the row factory
+        that must then make their rows on the loop thread.
+
+        The driver applies the row factory on its reactor thread after decoding a page
+        and before its callback runs, so that work lies between the server's answer
+        and our request for the next page, where nothing overlaps it; made when the
+        consumer takes the page, it overlaps the server's work on the page requested
+        ahead. The first page was made by the driver: it arrived before this swap, and
+        no later page is requested before it (the driver itself swaps the factory of
+        a future in the same way for its internal queries).
+        """
+        future = self._request.future
+        make_rows: Callable[[list[str], Any], Any] = future.row_factory
+        future.row_factory = tuple_factory
+        return make_rows
+
+    async def _next_page(self) -> bool:
+        """Make the next page current; False when there are no more.
 
         A stream read to its end releases everything by itself, as close() would.
         """
-        self._page, self._index = (), 0
+        self._page_rows = self._rows = iter(())
         self._portal = current_portal()
         while True:
             if self._closed:
-                return None
+                return False
             if self._buffer:
-                return await self._take_buffered_page()
+                await self._take_buffered_page()
+                return True
             if self._error is not None:
                 error, self._error = self._error, None
                 await self.close()
@@ -241,17 +277,27 @@ class AsyncStreamingResultSet:
             if not self._fetching:
                 if self._no_more_requests():
                     self._release()
-                    return None
+                    return False
                 # An earlier try found every in-flight slot taken: wait for one here.
                 await self._limiter.acquire(self._portal)
                 self._start_fetch()
                 continue
             await self._wait_for_fetch()
 
-    async def _take_buffered_page(self) -> Sequence[Any]:
-        page = self._buffer.popleft()
+    async def _take_buffered_page(self) -> None:
+        page, made = self._buffer.popleft()
         self._buffered_rows -= len(page)
-        self._page, self._index = page, 0
+        if not made and self._make_rows is not named_tuple_rows:
+            page, made = self._make_rows(self._request.future._col_names, page), True
+        self._page_rows = self._rows = iter(page)
+        if not made:
+            # Each row becomes a Row as the consumer takes it, so a consumer that drops
+            # its rows frees them at once: Rows held in a page survive collections and
+            # are promoted to the cycle collector's oldest generation, which made full
+            # collections a large part of a stream's time. The raw tuples (of ints,
+            # strings, ...) are untracked by the collector's first look at them.
+            cls = row_class(self._request.future._col_names)
+            self._rows = map(_new_tuple, repeat(cls), self._page_rows)
         self._maybe_fetch()
         self.page_number += 1
         callback = self._config.page_callback
@@ -264,7 +310,10 @@ class AsyncStreamingResultSet:
         # A page boundary is a checkpoint even when the next page was already there,
         # so a consumer with no awaits of its own still lets the loop run.
         await anyio.lowlevel.checkpoint()
-        return page
+
+    def _take_rest(self) -> list[Any]:
+        """Hand out the rest of the current page at once, as rows."""
+        return list(self._rows)
 
     async def _wait_for_fetch(self) -> None:
         waiter = self._consumer = self._portal.new_waiter()
@@ -318,14 +367,14 @@ class AsyncStreamingResultSet:
             self._fetching = False
             self._error = error
 
-    def _page_arrived(self, rows: Any) -> None:
+    def _page_arrived(self, rows: Any, *, made: bool = False) -> None:
         self._fetching = False
         if self._closed:
             return
         page: Sequence[Any] = page_rows(rows)
         self.total_rows_fetched += len(page)
         if page:
-            self._buffer.append(page)
+            self._buffer.append((page, made))
             self._buffered_rows += len(page)
             self.max_rows_held = max(self.max_rows_held, self.rows_held)
         else:  # an empty page mid-result (tombstones, filtering) does not end it
@@ -357,7 +406,7 @@ class AsyncStreamingResultSet:
         self._closed = True
         self._buffer.clear()
         self._buffered_rows = 0
-        self._page, self._index = (), 0
+        self._page_rows = self._rows = iter(())
         # Thread-safe: a page still in flight drops its callbacks when it finishes.
         self._request.detach()
         self._wake_consumer()
@@ -407,17 +456,14 @@ class _PageIterator:
     def __aiter__(self) -> _PageIterator:
         return self
 
-    async def __anext__(self) -> Sequence[Any]:
+    async def __anext__(self) -> list[Any]:
         stream = self._stream
-        if stream._index < len(stream._page):
-            rest = stream._page[stream._index :]
-            stream._index = len(stream._page)
-            return rest
-        page = await stream._next_page()
-        if page is None:
-            raise StopAsyncIteration
-        stream._index = len(page)
-        return page
+        rest = stream._take_rest()
+        while not rest:
+            if not await stream._next_page():
+                raise StopAsyncIteration
+            rest = stream._take_rest()
+        return rest
 
 
 async def fan_out(

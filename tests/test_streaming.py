@@ -13,7 +13,7 @@ import anyio.lowlevel
 import pytest
 from _helpers import wait_until
 from cassandra.concurrent import execute_concurrent
-from cassandra.query import BatchStatement, BatchType, SimpleStatement
+from cassandra.query import BatchStatement, BatchType, SimpleStatement, dict_factory
 
 from async_cassandra import AsyncCassandraSession, AsyncCluster, QueryError, TimeoutError
 from async_cassandra.paging import InvalidPagingToken, PagingTokenSigner
@@ -171,6 +171,34 @@ async def test_prepared_statement_stream_with_parameters(
         values = [row.c async for row in stream]
     assert values == list(range(ROWS_PER_PARTITION))
     assert stream.column_names == ["c"]
+
+
+async def test_every_page_is_made_by_the_row_factory(
+    cassandra_node: LocalCassandra, big_table: str
+) -> None:
+    # Pages after the first come from the driver raw and are made on the loop thread:
+    # the default factory's Row named tuples (as each row is handed out), or what the
+    # session's own row factory makes. Rows then pages() hand every row out once.
+    query = f"SELECT p, c FROM {big_table} WHERE p = 3"
+    config = StreamConfig(fetch_size=100)
+    node = cassandra_node
+    async with (
+        AsyncCluster(node.contact_points, port=node.port) as cluster,
+        await cluster.connect() as session,
+    ):
+        async with await session.execute_stream(query, stream_config=config) as stream:
+            rows = [await stream.__anext__() for _ in range(150)]  # page 1, half of 2
+            pages = [page async for page in stream.pages()]
+        assert [len(page) for page in pages] == [50] + [100] * 8
+        rows += [row for page in pages for row in page]
+        assert {type(row) for row in rows} == {type(rows[0])}
+        assert rows[0]._fields == ("p", "c")
+        assert [(row.p, row.c) for row in rows] == [(3, c) for c in range(ROWS_PER_PARTITION)]
+
+        session.driver_session.row_factory = dict_factory
+        async with await session.execute_stream(query, stream_config=config) as stream:
+            dicts = [row async for row in stream]
+        assert dicts == [{"p": 3, "c": c} for c in range(ROWS_PER_PARTITION)]
 
 
 async def test_bad_cql_raises_from_execute_stream(session: AsyncCassandraSession) -> None:
