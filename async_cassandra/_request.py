@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -20,7 +21,11 @@ from ._backends import Waiter
 from ._portal import InFlightLimiter, Portal
 from .exceptions import TimeoutError, translate_driver_error
 
-__all__ = ["DriverRequest", "driver_timeout", "page_rows", "surface_deadline"]
+__all__ = ["DriverRequest", "OnArrival", "driver_timeout", "page_rows", "surface_deadline"]
+
+# Called on the driver's thread with (portal, rows, error) when a page arrives, instead
+# of delivering it to its waiter through the portal: the hook delivers it itself.
+OnArrival = Callable[[Portal, Any, BaseException | None], None]
 
 # A deadline that has already passed still becomes a positive driver timeout: the driver
 # treats 0 as "fire the timer now", which is right, but some policies divide by it.
@@ -85,6 +90,7 @@ class DriverRequest:
         "_detached",
         "_limiter",
         "_lock",
+        "_on_arrival",
         "_portal",
         "_registry",
         "_waiter",
@@ -111,6 +117,7 @@ class DriverRequest:
         # the callback may have run before page() is awaited.
         self._waiter: Waiter | None = portal.new_waiter()
         self._awaited = self._waiter
+        self._on_arrival: OnArrival | None = None
         self.pages_requested = 1
         registry.add(self)  # set.add is atomic; the driver thread may discard at once
         # May run a callback inline, right here on the loop thread, when the driver
@@ -130,12 +137,15 @@ class DriverRequest:
         taken = self._take_page(detach=False)
         if taken is None:
             return  # abandon() already finished this page for us
-        waiter, portal, detached = taken
+        waiter, portal, on_arrival, detached = taken
         self._limiter.release()
         if detached:
             self._retire()  # nobody waits: drop the result and our callbacks
-        else:
+            return
+        if on_arrival is None:
             portal.deliver(waiter, rows, error)
+        else:
+            on_arrival(portal, rows, error)
 
     def abandon(self, error: BaseException) -> None:
         """Finish the outstanding page now with ``error``, as if the driver had.
@@ -147,15 +157,21 @@ class DriverRequest:
         taken = self._take_page(detach=True)
         if taken is None:
             return
-        waiter, portal, _ = taken
+        waiter, portal, on_arrival, _ = taken
         self._limiter.release()
         self._retire()
-        portal.deliver(waiter, None, error)
+        if on_arrival is None:
+            portal.deliver(waiter, None, error)
+        else:
+            on_arrival(portal, None, error)
 
-    def _take_page(self, *, detach: bool) -> tuple[Waiter, Portal, bool] | None:
+    def _take_page(
+        self, *, detach: bool
+    ) -> tuple[Waiter, Portal, OnArrival | None, bool] | None:
         """Claim the outstanding page's waiter, once: the driver's callback and
-        :meth:`abandon` may race for it. Returns it with its portal and whether the
-        request is detached, or None if the page was already claimed."""
+        :meth:`abandon` may race for it. Returns it with its portal, its on_arrival
+        hook and whether the request is detached, or None if the page was already
+        claimed."""
         # Reads the waiter and portal the loop thread set before it asked for this
         # page; it does not touch them again until it asks for the next page, which
         # needs this one finished.
@@ -165,7 +181,7 @@ class DriverRequest:
                 return None
             self._waiter = None
             self._detached = self._detached or detach
-            return waiter, self._portal, self._detached
+            return waiter, self._portal, self._on_arrival, self._detached
 
     def _retire(self) -> None:
         # Any thread. Breaks the future -> callback -> request cycle now instead of
@@ -197,7 +213,8 @@ class DriverRequest:
         of waiting for the connection's heartbeat to fail (30 s or more).
         """
         await self._limiter.acquire(portal)
-        self.start_next_page(portal)
+        started = self.start_next_page(portal)
+        assert started, "only this task detaches the request, and it is here"
         if timeout is None:
             return await self.page()
         with anyio.move_on_after(timeout) as scope:
@@ -208,22 +225,39 @@ class DriverRequest:
             "or the connection is stalled (the request may still be running there)"
         )
 
-    def start_next_page(self, portal: Portal, waiter: Waiter | None = None) -> None:
+    def start_next_page(
+        self,
+        portal: Portal,
+        waiter: Waiter | None = None,
+        on_arrival: OnArrival | None = None,
+    ) -> bool:
         """Ask the driver for the next page; an in-flight slot must be held.
 
         The page goes to ``waiter`` (default: a new one, for :meth:`page`) on
-        ``portal``'s loop. Loop thread.
+        ``portal``'s loop, or to ``on_arrival``, called on the driver's thread as the
+        page arrives (it delivers the page itself, and may ask for the next one). Any
+        thread, for a waiter made beforehand. Returns False, with the slot released,
+        if the request was detached meanwhile.
         """
-        self._portal = portal
-        self._waiter = self._awaited = waiter if waiter is not None else portal.new_waiter()
-        self.pages_requested += 1
+        with self._lock:
+            # Under the lock: a detach() on the loop thread must see this page as
+            # outstanding (and leave the callbacks to its finish), or come first.
+            if self._detached:
+                self._limiter.release()
+                return False
+            self._portal = portal
+            self._waiter = self._awaited = waiter if waiter is not None else portal.new_waiter()
+            self._on_arrival = on_arrival
+            self.pages_requested += 1
         try:
             self.future.start_fetching_next_page()
         except BaseException as error:
-            self._waiter = None
+            with self._lock:
+                self._waiter = None
             self._limiter.release()
             self.detach()
             raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
+        return True
 
     def detach(self) -> None:
         """Stop waiting for this request. Loop thread; idempotent.

@@ -16,6 +16,7 @@ stream.
 from __future__ import annotations
 
 import math
+import threading
 import time
 import warnings
 import weakref
@@ -93,7 +94,8 @@ def create_streaming_statement(
 
 
 class _PageSink:
-    """What the driver request delivers later pages to, on the loop thread.
+    """Where the driver request delivers later pages: :meth:`on_arrival` on the
+    driver's thread, which hands them on to :meth:`set_result` on the loop thread.
 
     Refers to its stream weakly: the driver's future holds the request, which holds
     this sink, and none of that may keep a dropped stream alive.
@@ -103,6 +105,12 @@ class _PageSink:
 
     def __init__(self, stream: AsyncStreamingResultSet) -> None:
         self._stream = weakref.ref(stream)
+
+    def on_arrival(self, portal: Portal, rows: Any, error: BaseException | None) -> None:
+        # The driver's thread, as a page arrives.
+        stream = self._stream()
+        if stream is not None:
+            stream._arrived_on_driver_thread(portal, rows, error)
 
     def set_result(self, rows: Any) -> None:
         stream = self._stream()
@@ -157,7 +165,14 @@ class AsyncStreamingResultSet:
         # made yet (see _defer_row_making).
         self._buffer: deque[tuple[Sequence[Any], bool]] = deque()
         self._buffered_rows = 0
+        # Shared with the driver's threads (which ask for the next page as one arrives,
+        # see _arrived_on_driver_thread), under _lock: whether a page is in flight, how
+        # many pages with rows arrived and are not current yet (buffered, or still on
+        # their way to the loop), and whether the consumer waits for a page.
+        self._lock = threading.Lock()
         self._fetching = False
+        self._pages_ahead = 1 if page_rows(first_page) else 0
+        self._consumer_waiting = False
         self._fetch_started = 0.0
         self._error: BaseException | None = None
         self._consumer: Waiter | None = None
@@ -238,7 +253,7 @@ class AsyncStreamingResultSet:
             finally:
                 await self.close()
 
-    # -- paging, on the loop thread -----------------------------------------------------
+    # -- paging: the loop thread unless said otherwise ------------------------------------
 
     def _defer_row_making(self) -> Callable[[list[str], Any], Any]:
         """Have the driver hand later pages over as raw tuples; return the row factory
@@ -274,19 +289,24 @@ class AsyncStreamingResultSet:
                 error, self._error = self._error, None
                 await self.close()
                 raise error
-            if not self._fetching:
+            with self._lock:
+                idle = not self._fetching and not self._pages_ahead
+            if idle:
                 if self._no_more_requests():
                     self._release()
                     return False
                 # An earlier try found every in-flight slot taken: wait for one here.
                 await self._limiter.acquire(self._portal)
-                self._start_fetch()
+                if self._claim_fetch(current_done=True, slot_held=True):
+                    self._start_fetch()
                 continue
             await self._wait_for_fetch()
 
     async def _take_buffered_page(self) -> None:
         page, made = self._buffer.popleft()
         self._buffered_rows -= len(page)
+        with self._lock:
+            self._pages_ahead -= 1
         if not made and self._make_rows is not named_tuple_rows:
             page, made = self._make_rows(self._request.future._col_names, page), True
         self._page_rows = self._rows = iter(page)
@@ -298,8 +318,8 @@ class AsyncStreamingResultSet:
             # strings, ...) are untracked by the collector's first look at them.
             cls = row_class(self._request.future._col_names)
             self._rows = map(_new_tuple, repeat(cls), self._page_rows)
+        self.page_number += 1  # first: _maybe_fetch asks whether a page is current
         self._maybe_fetch()
-        self.page_number += 1
         callback = self._config.page_callback
         if callback is not None:
             try:
@@ -317,12 +337,16 @@ class AsyncStreamingResultSet:
 
     async def _wait_for_fetch(self) -> None:
         waiter = self._consumer = self._portal.new_waiter()
+        with self._lock:
+            self._consumer_waiting = True
         remaining = self._fetch_started + self._page_timeout - time.monotonic()
         try:
             with anyio.move_on_after(max(remaining, 0.0)) as scope:
                 await waiter.wait()
         finally:
             self._consumer = None
+            with self._lock:
+                self._consumer_waiting = False
         if scope.cancelled_caught:
             await self.close()
             raise TimeoutError(
@@ -338,37 +362,76 @@ class AsyncStreamingResultSet:
         )
 
     def _maybe_fetch(self) -> None:
-        # Fetch ahead while fewer than read_ahead pages wait in the buffer. Synchronous
-        # (it also runs from the portal's drain), so it only takes a free slot; if none
-        # is free the consumer waits for one when it needs the page.
-        # A page that lands while the consumer waits is taken at once: it counts as
-        # current, not as read-ahead, so the next request goes out without waiting for
-        # the consumer's task to be scheduled. The bound is unchanged.
-        waiting = 1 if self._consumer is not None else 0
-        if (
-            self._closed
-            or self._fetching
-            or self._error is not None
-            or len(self._buffer) - waiting >= self._config.read_ahead
-            or self._no_more_requests()
-        ):
-            return
-        if self._limiter.try_acquire():
+        # Loop thread. Synchronous (it also runs from the portal's drain), so it only
+        # takes a free slot; if none is free the consumer waits for one when it needs
+        # the page. Before the consumer takes its first page there is no current page.
+        if self._claim_fetch(current_done=self.page_number == 0, slot_held=False):
             self._start_fetch()
 
+    def _claim_fetch(self, *, current_done: bool, slot_held: bool) -> bool:
+        """Whether to ask for the next page now; if so, the caller must, holding an
+        in-flight slot. Any thread.
+
+        Fetch ahead while fewer than ``read_ahead`` pages wait ahead of the current
+        one. When the current page is done (the consumer waits for the next), the next
+        page to arrive counts as current, not as read-ahead. So the rows held never
+        exceed ``fetch_size * (1 + read_ahead)``: every page asked for has room.
+        """
+        with self._lock:
+            room = self._config.read_ahead + (current_done or self._consumer_waiting)
+            claimed = (
+                not self._fetching
+                and not self._closed
+                and self._error is None
+                and self._pages_ahead < room
+                and not self._no_more_requests()
+                and (slot_held or self._limiter.try_acquire())
+            )
+            if claimed:
+                self._fetching = True
+                # time.monotonic, not anyio's clock: this may run outside any task.
+                self._fetch_started = time.monotonic()
+        if slot_held and not claimed:
+            self._limiter.release()
+        return claimed
+
     def _start_fetch(self) -> None:
-        # An in-flight slot is held. time.monotonic, not anyio's clock: this also runs
-        # in the portal's drain, outside any task.
-        self._fetching = True
-        self._fetch_started = time.monotonic()
+        # Any thread, after _claim_fetch. The page comes back through on_arrival.
         try:
-            self._request.start_next_page(self._portal, self._sink)
+            started = self._request.start_next_page(
+                self._portal, self._sink, self._sink.on_arrival
+            )
         except Exception as error:  # the request released the slot and detached
+            with self._lock:
+                self._fetching = False
+                self._error = error  # seen at once if this is the loop thread
+            self._portal.deliver(self._sink, None, error)  # else wakes the consumer
+            return
+        if not started:  # detached: the stream was closed meanwhile
+            with self._lock:
+                self._fetching = False
+
+    def _arrived_on_driver_thread(
+        self, portal: Portal, rows: Any, error: BaseException | None
+    ) -> None:
+        """A page (or an error) arrived: hand it to the loop, and ask for the next page
+        at once if there is room for it, without waiting for the loop to see this one
+        (the loop may be busy, and this is where the server would otherwise idle).
+
+        On the driver's thread; the request sends from here as the driver's own
+        callback-paging does. Pages reach the loop in order: this one is delivered
+        before the next is asked for.
+        """
+        with self._lock:
             self._fetching = False
-            self._error = error
+            if error is None and rows:
+                self._pages_ahead += 1
+        portal.deliver(self._sink, rows, error)
+        if error is None and self._claim_fetch(current_done=False, slot_held=False):
+            self._start_fetch()
 
     def _page_arrived(self, rows: Any, *, made: bool = False) -> None:
-        self._fetching = False
+        # The loop thread, after _arrived_on_driver_thread (or for the first page).
         if self._closed:
             return
         page: Sequence[Any] = page_rows(rows)
@@ -383,7 +446,6 @@ class AsyncStreamingResultSet:
         self._wake_consumer()
 
     def _page_failed(self, error: BaseException) -> None:
-        self._fetching = False
         if not self._closed:
             self._error = translate_driver_error(error)
             self._wake_consumer()

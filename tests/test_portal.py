@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import pytest
+from _helpers import wait_until
 
 from async_cassandra._portal import InFlightLimiter, Portal, current_portal
 from async_cassandra._request import DriverRequest
@@ -151,7 +152,10 @@ class FakeResponseFuture:
         self._served = 0
         self._callbacks: list[tuple[Any, Any]] = []
         self._paging_state: bytes | None = None
+        self._col_names = ["n"]
+        self.row_factory = lambda names, rows: rows
         self.done_at_once = done_at_once
+        self.fetched_on: list[threading.Thread] = []  # the thread of each next-page ask
 
     @property
     def has_more_pages(self) -> bool:
@@ -166,10 +170,11 @@ class FakeResponseFuture:
         self._callbacks = []
 
     def start_fetching_next_page(self) -> None:
-        pass  # the test calls complete() from its "driver thread"
+        # The test calls complete() from its "driver thread".
+        self.fetched_on.append(threading.current_thread())
 
     def complete(self) -> None:
-        page = self._pages[self._served]
+        page = self.row_factory(self._col_names, self._pages[self._served])
         self._served += 1
         self._paging_state = b"more" if self._served < len(self._pages) else None
         for callback, _ in list(self._callbacks):
@@ -237,7 +242,6 @@ async def test_empty_pages_in_the_middle_of_a_stream_are_skipped() -> None:
     registry: set[DriverRequest] = set()
     portal = current_portal()
     future = FakeResponseFuture([[1, 2], [], [], [3], []])
-    future._col_names = ["n"]  # type: ignore[attr-defined]
     await limiter.acquire(portal)
     request = DriverRequest(future, limiter, portal, registry)  # type: ignore[arg-type]
     in_thread(future.complete)
@@ -283,3 +287,90 @@ async def test_off_loop_calls_are_counted_until_their_thread_returns() -> None:
     assert await calls.wait_idle(5)
     assert calls.running == 0
     assert await calls.run(sum, [1, 2]) == 3
+
+
+async def test_a_waiting_stream_asks_for_the_next_page_from_the_driver_thread() -> None:
+    # The next page goes out as soon as one arrives, from the driver's thread, when
+    # there is room for it; the loop need not see the page first.
+    from async_cassandra.streaming import AsyncStreamingResultSet, StreamConfig
+
+    limiter = InFlightLimiter(4)
+    registry: set[DriverRequest] = set()
+    portal = current_portal()
+    future = FakeResponseFuture([[1], [2], [3], [4]])
+    await limiter.acquire(portal)
+    request = DriverRequest(future, limiter, portal, registry)  # type: ignore[arg-type]
+    in_thread(future.complete)
+    stream = AsyncStreamingResultSet(
+        request,
+        await request.page(),
+        StreamConfig(fetch_size=1, read_ahead=1),
+        limiter=limiter,
+        page_timeout=5,
+    )
+    loop_thread = threading.current_thread()
+    assert future.fetched_on == [loop_thread]  # page 2, read ahead of page 1 at once
+    # Page 2 arrives while page 1 is unread: no room for page 3 (2 pages held).
+    in_thread(future.complete)
+    assert future.fetched_on == [loop_thread]
+    rows: list[int] = []
+
+    async def consume() -> None:
+        async with stream:
+            rows.extend([row async for row in stream])
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(consume)
+        await _driver_side_of_the_stream(stream, future, loop_thread)
+    assert rows == [1, 2, 3, 4]
+    assert stream.max_rows_held <= 2
+    assert registry == set()
+    assert limiter.in_use == 0
+
+
+async def _driver_side_of_the_stream(
+    stream: Any, future: FakeResponseFuture, loop_thread: threading.Thread
+) -> None:
+    await wait_until(lambda: len(future.fetched_on) == 2, "page 3 is asked for")
+    assert future.fetched_on[1] is loop_thread  # as the consumer took page 2
+    await wait_until(lambda: stream._consumer_waiting, "pages 1-2 are read")
+    # Page 3 arrives while the consumer waits: page 4 is asked for on the driver
+    # thread, before the loop has seen page 3 (in_thread blocks the loop meanwhile).
+    in_thread(future.complete)
+    assert len(future.fetched_on) == 3
+    assert future.fetched_on[2] is not loop_thread
+    assert stream.pages_requested == 4
+    in_thread(future.complete)  # page 4, the last
+
+
+async def test_without_read_ahead_the_next_page_waits_until_the_current_is_read() -> None:
+    from async_cassandra.streaming import AsyncStreamingResultSet, StreamConfig
+
+    limiter = InFlightLimiter(4)
+    registry: set[DriverRequest] = set()
+    portal = current_portal()
+    future = FakeResponseFuture([[1, 2], [3]])
+    await limiter.acquire(portal)
+    request = DriverRequest(future, limiter, portal, registry)  # type: ignore[arg-type]
+    in_thread(future.complete)
+    stream = AsyncStreamingResultSet(
+        request,
+        await request.page(),
+        StreamConfig(fetch_size=2, read_ahead=0),
+        limiter=limiter,
+        page_timeout=5,
+    )
+    async with stream:
+        assert [await stream.__anext__(), await stream.__anext__()] == [1, 2]
+        assert future.fetched_on == []  # page 1 is held: no room for page 2 yet
+        assert stream.rows_held == 0
+        async with anyio.create_task_group() as group:
+            group.start_soon(in_thread_when, lambda: len(future.fetched_on) == 1, future.complete)
+            assert await stream.__anext__() == 3
+        assert stream.max_rows_held == 2
+    assert limiter.in_use == 0
+
+
+async def in_thread_when(condition: Any, function: Any) -> None:
+    await wait_until(condition, "the stream asks the driver")
+    in_thread(function)
