@@ -34,7 +34,7 @@ from cassandra.query import SimpleStatement, tuple_factory
 
 from ._portal import InFlightLimiter, Portal, current_portal
 from ._request import DriverRequest, page_rows
-from ._rows import named_tuple_rows, row_class
+from ._rows import RowPage, named_tuple_rows, new_row, row_class
 from .exceptions import TimeoutError, translate_driver_error
 
 if TYPE_CHECKING:
@@ -48,9 +48,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-# Makes a Row from a raw row: straight from C, no Python frame (see _rows).
-_new_tuple = tuple.__new__
 
 
 @dataclass(frozen=True)
@@ -161,6 +158,7 @@ class AsyncStreamingResultSet:
         # as it is handed out (see _take_buffered_page).
         self._page_rows: Iterator[Any] = iter(())
         self._rows: Iterator[Any] = self._page_rows
+        self._row_class: Any = None  # the Row class when the page holds raw tuples
         # Pages that arrived and wait for the consumer, with whether their rows are
         # made yet (see _defer_row_making).
         self._buffer: deque[tuple[Sequence[Any], bool]] = deque()
@@ -231,7 +229,12 @@ class AsyncStreamingResultSet:
 
     def pages(self) -> _PageIterator:
         """Iterate whole pages (sequences of rows), starting with what remains of the
-        current one."""
+        current one.
+
+        With the default row factory a page makes each ``Row`` as it is read, so rows
+        you drop are freed at once (``list(page)`` gives a plain list); with a row
+        factory of your own, a page is the list it makes.
+        """
         return _PageIterator(self)
 
     async def feed(self, send_stream: ObjectSendStream[Any], *, pages: bool = False) -> None:
@@ -310,14 +313,15 @@ class AsyncStreamingResultSet:
         if not made and self._make_rows is not named_tuple_rows:
             page, made = self._make_rows(self._request.future._col_names, page), True
         self._page_rows = self._rows = iter(page)
+        self._row_class = None
         if not made:
             # Each row becomes a Row as the consumer takes it, so a consumer that drops
             # its rows frees them at once: Rows held in a page survive collections and
             # are promoted to the cycle collector's oldest generation, which made full
             # collections a large part of a stream's time. The raw tuples (of ints,
             # strings, ...) are untracked by the collector's first look at them.
-            cls = row_class(self._request.future._col_names)
-            self._rows = map(_new_tuple, repeat(cls), self._page_rows)
+            cls = self._row_class = row_class(self._request.future._col_names)
+            self._rows = map(new_row, repeat(cls), self._page_rows)
         self.page_number += 1  # first: _maybe_fetch asks whether a page is current
         self._maybe_fetch()
         callback = self._config.page_callback
@@ -331,9 +335,11 @@ class AsyncStreamingResultSet:
         # so a consumer with no awaits of its own still lets the loop run.
         await anyio.lowlevel.checkpoint()
 
-    def _take_rest(self) -> list[Any]:
-        """Hand out the rest of the current page at once, as rows."""
-        return list(self._rows)
+    def _take_rest(self) -> Sequence[Any]:
+        """Hand out the rest of the current page at once (see RowPage)."""
+        if self._row_class is None:
+            return list(self._rows)
+        return RowPage(list(self._page_rows), self._row_class)
 
     async def _wait_for_fetch(self) -> None:
         waiter = self._consumer = self._portal.new_waiter()
@@ -398,9 +404,7 @@ class AsyncStreamingResultSet:
     def _start_fetch(self) -> None:
         # Any thread, after _claim_fetch. The page comes back through on_arrival.
         try:
-            started = self._request.start_next_page(
-                self._portal, self._sink, self._sink.on_arrival
-            )
+            started = self._request.start_next_page(self._portal, self._sink, self._sink.on_arrival)
         except Exception as error:  # the request released the slot and detached
             with self._lock:
                 self._fetching = False
@@ -518,7 +522,7 @@ class _PageIterator:
     def __aiter__(self) -> _PageIterator:
         return self
 
-    async def __anext__(self) -> list[Any]:
+    async def __anext__(self) -> Sequence[Any]:
         stream = self._stream
         rest = stream._take_rest()
         while not rest:

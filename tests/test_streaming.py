@@ -190,6 +190,11 @@ async def test_every_page_is_made_by_the_row_factory(
             rows = [await stream.__anext__() for _ in range(150)]  # page 1, half of 2
             pages = [page async for page in stream.pages()]
         assert [len(page) for page in pages] == [50] + [100] * 8
+        second = pages[1]  # its Rows are made as they are read (see RowPage)
+        assert second[0] == second[0] == next(iter(second)) == second[:3][0] == second[-100]
+        assert second[1:3] == list(second)[1:3] == [(3, 201), (3, 202)]
+        assert second == list(second)
+        assert second != list(second)[:-1]
         rows += [row for page in pages for row in page]
         assert {type(row) for row in rows} == {type(rows[0])}
         assert rows[0]._fields == ("p", "c")
