@@ -1,22 +1,26 @@
 """Streaming a million small rows: the driver's synchronous paging vs async-cassandra.
 
-    python tests/benchmarks/stream_rows.py [--address 127.0.0.40] [--quick]
+    python tests/benchmarks/stream_rows.py [--address 127.0.0.40] [--quick] [--rounds 3]
 
 Starts its own Cassandra 5.0.8 node on ``--address`` (or uses the one named by
 ``ASYNC_CASSANDRA_CONTACT_POINTS``), loads 100 partitions x 10,000 rows of
 ``(pk int, ck int, v int)`` (loading is not measured), then reads the whole table once
 per phase with the same per-row work (``total += row.ck + row.v``):
 
-* ``driver``: ``for row in session.execute(SimpleStatement(q, fetch_size=5000))``
+* ``driver``: ``for row in session.execute(SimpleStatement(q, fetch_size=N))``
   (the driver fetches each next page synchronously when the current one runs out);
 * ``asyncio`` / ``trio``: ``async for row in await session.execute_stream(q,
-  stream_config=StreamConfig(fetch_size=5000, read_ahead=1))``;
-* on asyncio also fetch_size 1000 / 5000 x read_ahead 0 / 1 / 2, and ``stream.pages()``.
+  stream_config=StreamConfig(fetch_size=N, read_ahead=1))``;
+* for N = 1000 (the default) and 5000; on asyncio also read_ahead 0 and 2, and
+  ``stream.pages()``.
 
 Every phase runs in a fresh child process (the same script with ``--child``), so each
 starts from the same memory state, and its peak RSS is the kernel's own high-water
-mark reset at the start of the phase. Reported: rows/s, client CPU µs per row, peak RSS
-growth, ``max_rows_held``. Results: ``bench-results/stream_rows.json``.
+mark reset at the start of the phase. This machine's speed drifts by up to 2x within
+minutes, so every phase runs once per round, ``--rounds`` times, and each library phase
+is compared with the driver phase of its own round; medians are reported. Reported:
+rows/s, client CPU µs per row, peak RSS growth, ``max_rows_held``. Results:
+``bench-results/stream_rows.json``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import argparse
 import gc
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -73,18 +78,21 @@ class Phase:
     headline: bool = False
 
 
+# One round runs every phase once, in this order; each library phase is compared with
+# the driver phase of the same round and fetch size, run just before it.
 PHASES = (
+    Phase("driver sync paging", "driver", 1000, headline=True),
+    Phase("asyncio stream", "asyncio", 1000, 1, headline=True),
+    Phase("trio stream", "trio", 1000, 1, headline=True),
+    Phase("asyncio stream", "asyncio", 1000, 0),
+    Phase("asyncio stream", "asyncio", 1000, 2),
     Phase("driver sync paging", "driver", 5000, headline=True),
     Phase("asyncio stream", "asyncio", 5000, 1, headline=True),
     Phase("trio stream", "trio", 5000, 1, headline=True),
     Phase("asyncio stream", "asyncio", 5000, 0),
-    Phase("asyncio stream", "asyncio", 5000, 2),
-    Phase("driver sync paging", "driver", 1000),
-    Phase("asyncio stream", "asyncio", 1000, 0),
-    Phase("asyncio stream", "asyncio", 1000, 1),
-    Phase("asyncio stream", "asyncio", 1000, 2),
     Phase("asyncio stream.pages()", "asyncio", 5000, 1, pages=True),
 )
+DEFAULT_ROUNDS = 3
 
 
 def value(pk: int, ck: int) -> int:
@@ -319,6 +327,43 @@ def run_phase(phase: Phase, target: Target) -> dict[str, Any]:
     return figures
 
 
+def summarize(phase: Phase, phase_runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One phase over its rounds: medians of rates and costs, the worst of memory."""
+
+    def median(key: str, digits: int = 3) -> float | None:
+        values = [run[key] for run in phase_runs if run[key] is not None]
+        return round(statistics.median(values), digits) if values else None
+
+    def most(key: str) -> Any:
+        values = [run[key] for run in phase_runs if run[key] is not None]
+        return max(values) if values else None
+
+    rates = [run["rows_per_s"] for run in phase_runs]
+    return {
+        **asdict(phase),
+        "label": label(phase),
+        "rounds": len(phase_runs),
+        "rows_per_s": median("rows_per_s", 1),
+        "rows_per_s_min": min(rates),
+        "rows_per_s_max": max(rates),
+        "vs_driver_same_fetch_size": median("vs_driver"),
+        "vs_driver_each_round": [round(run["vs_driver"], 3) for run in phase_runs],
+        "cpu_us_per_row": median("cpu_us_per_row"),
+        "main_thread_cpu_us_per_row": median("main_thread_cpu_us_per_row"),
+        "server_cpu_us_per_row": median("server_cpu_us_per_row"),
+        "machine_busy_percent": median("machine_busy_percent", 1),
+        "machine_steal_percent": median("machine_steal_percent", 1),
+        "rss_growth_mb": most("rss_growth_mb"),
+        "rss_growth_sampled_mb": most("rss_growth_sampled_mb"),
+        "rss_growth_from_connected_mb": most("rss_growth_from_connected_mb"),
+        "max_rows_held": most("max_rows_held"),
+        "rows_held_bound": (
+            phase.fetch_size * (1 + phase.read_ahead) if phase.read_ahead is not None else None
+        ),
+        "runs": phase_runs,
+    }
+
+
 def label(phase: Phase) -> str:
     if phase.read_ahead is None:
         return f"{phase.name} fetch={phase.fetch_size}"
@@ -328,6 +373,13 @@ def label(phase: Phase) -> str:
 def main() -> None:
     parser = common_args("Stream 1,000,000 rows: driver sync paging vs async-cassandra.")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: one phase, as JSON
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=DEFAULT_ROUNDS,
+        help=f"times every phase runs, interleaved (default {DEFAULT_ROUNDS}); medians "
+        "are reported",
+    )
     args = parser.parse_args()
     if args.child:
         run_child(json.loads(args.child))
@@ -335,7 +387,7 @@ def main() -> None:
     partitions, per_partition = (20, 5_000) if args.quick else (100, 10_000)
     expected_rows = partitions * per_partition
     began = time.perf_counter()
-    results = []
+    runs: dict[Phase, list[dict[str, Any]]] = {phase: [] for phase in PHASES}
     with cassandra_node(args.address) as target:
         cluster = Cluster(target.contact_points, port=target.port)
         try:
@@ -359,29 +411,27 @@ def main() -> None:
             cluster.shutdown()
         meta = metadata(target, release, protocol)
 
-        for phase in PHASES:
-            figures = run_phase(phase, target)
-            if figures["rows"] != expected_rows or figures["checksum"] != checksum:
-                raise RuntimeError(
-                    f"{label(phase)} read {figures['rows']} rows (checksum "
-                    f"{figures['checksum']}), expected {expected_rows} ({checksum})"
+        for round_number in range(1, args.rounds + 1):
+            print(f"round {round_number} of {args.rounds}", flush=True)
+            driver_rate: dict[int, float] = {}
+            for phase in PHASES:
+                figures = run_phase(phase, target)
+                if figures["rows"] != expected_rows or figures["checksum"] != checksum:
+                    raise RuntimeError(
+                        f"{label(phase)} read {figures['rows']} rows (checksum "
+                        f"{figures['checksum']}), expected {expected_rows} ({checksum})"
+                    )
+                if phase.client == "driver":
+                    driver_rate[phase.fetch_size] = figures["rows_per_s"]
+                ratio = figures["rows_per_s"] / driver_rate[phase.fetch_size]
+                runs[phase].append({"round": round_number, **figures, "vs_driver": ratio})
+                print(
+                    f"  {label(phase):<42} {figures['rows_per_s']:>11,.0f} rows/s  "
+                    f"{ratio:.2f}x  {figures['cpu_us_per_row']:.2f} µs CPU/row  "
+                    f"RSS +{figures['rss_growth_mb']:.1f} MB  "
+                    f"max held {fmt(figures['max_rows_held'])}",
+                    flush=True,
                 )
-            bound = (
-                phase.fetch_size * (1 + phase.read_ahead) if phase.read_ahead is not None else None
-            )
-            result = {
-                **asdict(phase),
-                "label": label(phase),
-                **figures,
-                "rows_held_bound": bound,
-            }
-            results.append(result)
-            print(
-                f"  {label(phase):<42} {figures['rows_per_s']:>11,.0f} rows/s  "
-                f"{figures['cpu_us_per_row']:.2f} µs CPU/row  "
-                f"RSS +{figures['rss_growth_mb']:.1f} MB  max held {fmt(figures['max_rows_held'])}",
-                flush=True,
-            )
 
         if not target.started_here:
             cleanup = Cluster(target.contact_points, port=target.port)
@@ -390,22 +440,16 @@ def main() -> None:
             finally:
                 cleanup.shutdown()
 
-    baseline = {r["fetch_size"]: r["rows_per_s"] for r in results if r["client"] == "driver"}
-    for result in results:
-        driver = baseline.get(result["fetch_size"])
-        result["vs_driver_same_fetch_size"] = (
-            round(result["rows_per_s"] / driver, 3) if driver else None
-        )
-    headline = {r["client"]: r for r in results if r["headline"]}
+    results = [summarize(phase, phase_runs) for phase, phase_runs in runs.items()]
     targets = {}
-    for client in ("asyncio", "trio"):
-        row = headline[client]
-        targets[client] = {
-            "rss_growth_mb": row["rss_growth_mb"],
-            "rss_growth_under_16_mb": row["rss_growth_mb"] < TARGET_RSS_GROWTH_MB,
-            "speedup_vs_driver_sync": row["vs_driver_same_fetch_size"],
-            "speedup_at_least_1_3": row["vs_driver_same_fetch_size"] >= TARGET_SPEEDUP,
-        }
+    for result in results:
+        if result["headline"] and result["client"] != "driver":
+            targets[result["label"]] = {
+                "rss_growth_mb_max": result["rss_growth_mb"],
+                "rss_growth_under_16_mb": result["rss_growth_mb"] < TARGET_RSS_GROWTH_MB,
+                "speedup_vs_driver_sync_median": result["vs_driver_same_fetch_size"],
+                "speedup_at_least_1_3": result["vs_driver_same_fetch_size"] >= TARGET_SPEEDUP,
+            }
     data: dict[str, Any] = {
         "benchmark": "stream_rows",
         "metadata": meta,
@@ -446,13 +490,19 @@ def main() -> None:
             "allocates for good (code paths, caches, allocator arenas kept for reuse)",
             "max_rows_held": "AsyncStreamingResultSet.max_rows_held (rows buffered by the "
             "stream at its fullest); the bound is fetch_size * (1 + read_ahead)",
-            "vs_driver_same_fetch_size": "rows_per_s / the driver sync paging phase with "
-            "the same fetch_size",
+            "vs_driver_same_fetch_size": "median over the rounds of rows_per_s / that of "
+            "the driver sync paging phase with the same fetch_size in the same round (run "
+            "minutes apart, the machine's speed drifts; each ratio compares runs seconds "
+            "apart)",
+            "rounds": f"{args.rounds} rounds, each running every phase once in the listed "
+            "order; rates and CPU costs are medians over the rounds, memory figures and "
+            "max_rows_held the largest of any round; each round's figures are under runs",
         },
         "targets": {
             "rss_growth_mb_below": TARGET_RSS_GROWTH_MB,
             "speedup_vs_driver_sync_at_least": TARGET_SPEEDUP,
-            "headline_phases": "fetch_size=5000, read_ahead=1",
+            "headline_phases": "read_ahead=1 (the default) at fetch_size 1000 (the "
+            "default) and 5000",
             **targets,
         },
         "results": results,
@@ -464,6 +514,7 @@ def main() -> None:
         [
             "phase",
             "rows/s",
+            "min-max",
             "vs driver",
             "CPU µs/row",
             "main thr µs/row",
@@ -480,6 +531,7 @@ def main() -> None:
             [
                 r["label"],
                 fmt(r["rows_per_s"], 0),
+                f"{r['rows_per_s_min'] / 1000:.0f}k-{r['rows_per_s_max'] / 1000:.0f}k",
                 fmt(r["vs_driver_same_fetch_size"], 2),
                 fmt(r["cpu_us_per_row"], 2),
                 fmt(r["main_thread_cpu_us_per_row"], 2),
@@ -496,11 +548,11 @@ def main() -> None:
         ],
     )
     print()
-    for client, verdict in targets.items():
+    for name, verdict in targets.items():
         print(
-            f"target {client}: RSS growth {verdict['rss_growth_mb']:.1f} MB "
+            f"target {name}: RSS growth {verdict['rss_growth_mb_max']:.1f} MB "
             f"({'<' if verdict['rss_growth_under_16_mb'] else '>='} 16 MB), "
-            f"{verdict['speedup_vs_driver_sync']:.2f}x the driver's sync paging "
+            f"{verdict['speedup_vs_driver_sync_median']:.2f}x the driver's sync paging "
             f"({'meets' if verdict['speedup_at_least_1_3'] else 'misses'} 1.3x)"
         )
     print(f"\nwrote {path} ({data['setup']['total_seconds']} s)")
