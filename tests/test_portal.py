@@ -7,6 +7,7 @@ cannot be made to produce on demand.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -15,6 +16,7 @@ from _helpers import wait_until
 
 from async_cassandra._portal import InFlightLimiter, Portal, current_portal
 from async_cassandra._request import DriverRequest
+from async_cassandra.streaming import AsyncStreamingResultSet, StreamConfig
 
 pytestmark = pytest.mark.anyio
 
@@ -181,6 +183,29 @@ class FakeResponseFuture:
             callback(page)
 
 
+@dataclass
+class FakeStream:
+    stream: AsyncStreamingResultSet
+    request: DriverRequest
+    future: FakeResponseFuture
+    limiter: InFlightLimiter
+    registry: set[DriverRequest]
+
+
+async def fake_stream(pages: list[list[int]], config: StreamConfig) -> FakeStream:
+    """A stream over a fake future whose first page has arrived."""
+    limiter = InFlightLimiter(4)
+    registry: set[DriverRequest] = set()
+    portal = current_portal()
+    future = FakeResponseFuture(pages)
+    await limiter.acquire(portal)
+    request = DriverRequest(future, limiter, portal, registry)  # type: ignore[arg-type]
+    in_thread(future.complete)
+    first = await request.page()
+    stream = AsyncStreamingResultSet(request, first, config, limiter=limiter, page_timeout=5)
+    return FakeStream(stream, request, future, limiter, registry)
+
+
 async def test_request_completed_before_its_callback_is_attached_does_not_hang() -> None:
     limiter = InFlightLimiter(4)
     registry: set[DriverRequest] = set()
@@ -236,19 +261,9 @@ async def test_a_detached_request_drops_its_callbacks_when_the_driver_finishes()
 
 
 async def test_empty_pages_in_the_middle_of_a_stream_are_skipped() -> None:
-    from async_cassandra.streaming import AsyncStreamingResultSet, StreamConfig
-
-    limiter = InFlightLimiter(4)
-    registry: set[DriverRequest] = set()
-    portal = current_portal()
-    future = FakeResponseFuture([[1, 2], [], [], [3], []])
-    await limiter.acquire(portal)
-    request = DriverRequest(future, limiter, portal, registry)  # type: ignore[arg-type]
-    in_thread(future.complete)
-    first = await request.page()
-    stream = AsyncStreamingResultSet(
-        request, first, StreamConfig(fetch_size=2), limiter=limiter, page_timeout=5
-    )
+    fake = await fake_stream([[1, 2], [], [], [3], []], StreamConfig(fetch_size=2))
+    stream, request, future = fake.stream, fake.request, fake.future
+    limiter, registry = fake.limiter, fake.registry
     rows: list[int] = []
 
     async def driver_thread() -> None:
@@ -292,22 +307,8 @@ async def test_off_loop_calls_are_counted_until_their_thread_returns() -> None:
 async def test_a_waiting_stream_asks_for_the_next_page_from_the_driver_thread() -> None:
     # The next page goes out as soon as one arrives, from the driver's thread, when
     # there is room for it; the loop need not see the page first.
-    from async_cassandra.streaming import AsyncStreamingResultSet, StreamConfig
-
-    limiter = InFlightLimiter(4)
-    registry: set[DriverRequest] = set()
-    portal = current_portal()
-    future = FakeResponseFuture([[1], [2], [3], [4]])
-    await limiter.acquire(portal)
-    request = DriverRequest(future, limiter, portal, registry)  # type: ignore[arg-type]
-    in_thread(future.complete)
-    stream = AsyncStreamingResultSet(
-        request,
-        await request.page(),
-        StreamConfig(fetch_size=1, read_ahead=1),
-        limiter=limiter,
-        page_timeout=5,
-    )
+    fake = await fake_stream([[1], [2], [3], [4]], StreamConfig(fetch_size=1, read_ahead=1))
+    stream, future = fake.stream, fake.future
     loop_thread = threading.current_thread()
     assert future.fetched_on == [loop_thread]  # page 2, read ahead of page 1 at once
     # Page 2 arrives while page 1 is unread: no room for page 3 (2 pages held).
@@ -324,8 +325,8 @@ async def test_a_waiting_stream_asks_for_the_next_page_from_the_driver_thread() 
         await _driver_side_of_the_stream(stream, future, loop_thread)
     assert rows == [1, 2, 3, 4]
     assert stream.max_rows_held <= 2
-    assert registry == set()
-    assert limiter.in_use == 0
+    assert fake.registry == set()
+    assert fake.limiter.in_use == 0
 
 
 async def _driver_side_of_the_stream(
@@ -344,22 +345,8 @@ async def _driver_side_of_the_stream(
 
 
 async def test_without_read_ahead_the_next_page_waits_until_the_current_is_read() -> None:
-    from async_cassandra.streaming import AsyncStreamingResultSet, StreamConfig
-
-    limiter = InFlightLimiter(4)
-    registry: set[DriverRequest] = set()
-    portal = current_portal()
-    future = FakeResponseFuture([[1, 2], [3]])
-    await limiter.acquire(portal)
-    request = DriverRequest(future, limiter, portal, registry)  # type: ignore[arg-type]
-    in_thread(future.complete)
-    stream = AsyncStreamingResultSet(
-        request,
-        await request.page(),
-        StreamConfig(fetch_size=2, read_ahead=0),
-        limiter=limiter,
-        page_timeout=5,
-    )
+    fake = await fake_stream([[1, 2], [3]], StreamConfig(fetch_size=2, read_ahead=0))
+    stream, future = fake.stream, fake.future
     async with stream:
         assert [await stream.__anext__(), await stream.__anext__()] == [1, 2]
         assert future.fetched_on == []  # page 1 is held: no room for page 2 yet
@@ -368,7 +355,7 @@ async def test_without_read_ahead_the_next_page_waits_until_the_current_is_read(
             group.start_soon(in_thread_when, lambda: len(future.fetched_on) == 1, future.complete)
             assert await stream.__anext__() == 3
         assert stream.max_rows_held == 2
-    assert limiter.in_use == 0
+    assert fake.limiter.in_use == 0
 
 
 async def in_thread_when(condition: Any, function: Any) -> None:
