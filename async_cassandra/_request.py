@@ -165,9 +165,7 @@ class DriverRequest:
         else:
             on_arrival(portal, None, error)
 
-    def _take_page(
-        self, *, detach: bool
-    ) -> tuple[Waiter, Portal, OnArrival | None, bool] | None:
+    def _take_page(self, *, detach: bool) -> tuple[Waiter, Portal, OnArrival | None, bool] | None:
         """Claim the outstanding page's waiter, once: the driver's callback and
         :meth:`abandon` may race for it. Returns it with its portal, its on_arrival
         hook and whether the request is detached, or None if the page was already

@@ -6,6 +6,12 @@ consumer works through one page, at most ``read_ahead`` further pages are fetche
 the rows held never exceed ``fetch_size * (1 + read_ahead)`` whatever the table size,
 and a consumer that stops reading stops the paging.
 
+Speed: the next page is asked for from the driver's thread the moment a page arrives
+and the bound leaves room, so the server never waits for the hop to the event loop (or
+for a busy loop); rows are made on the loop thread as they are read, not on the
+driver's thread before the next request, and rows the consumer drops are freed at once
+instead of ageing into full garbage collections.
+
 Fan-out: :meth:`AsyncStreamingResultSet.feed` pushes rows (or pages) into an anyio
 memory object stream that worker tasks read in a task group; :func:`fan_out` does the
 whole pattern. Backpressure runs from the slowest worker back to the paging; cancelling
