@@ -170,9 +170,9 @@ class DriverRequest:
         :meth:`abandon` may race for it. Returns it with its portal, its on_arrival
         hook and whether the request is detached, or None if the page was already
         claimed."""
-        # Reads the waiter and portal the loop thread set before it asked for this
-        # page; it does not touch them again until it asks for the next page, which
-        # needs this one finished.
+        # Reads what the thread that asked for this page set before asking (under this
+        # lock); nothing sets them again until the next page is asked for, which needs
+        # this one finished.
         with self._lock:
             waiter = self._waiter
             if waiter is None:
@@ -240,19 +240,25 @@ class DriverRequest:
         with self._lock:
             # Under the lock: a detach() on the loop thread must see this page as
             # outstanding (and leave the callbacks to its finish), or come first.
-            if self._detached:
-                self._limiter.release()
-                return False
-            self._portal = portal
-            self._waiter = self._awaited = waiter if waiter is not None else portal.new_waiter()
-            self._on_arrival = on_arrival
-            self.pages_requested += 1
+            detached = self._detached
+            if not detached:
+                self._portal = portal
+                self._waiter = waiter if waiter is not None else portal.new_waiter()
+                self._awaited = self._waiter
+                self._on_arrival = on_arrival
+                self.pages_requested += 1
+        if detached:
+            self._limiter.release()
+            return False
         try:
             self.future.start_fetching_next_page()
         except BaseException as error:
+            # Take the page back, unless a callback the driver ran before raising
+            # already finished it (and released the slot).
             with self._lock:
-                self._waiter = None
-            self._limiter.release()
+                unfinished, self._waiter = self._waiter is not None, None
+            if unfinished:
+                self._limiter.release()
             self.detach()
             raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
         return True

@@ -391,6 +391,9 @@ class AsyncStreamingResultSet:
         """
         with self._lock:
             room = self._config.read_ahead + (current_done or self._consumer_waiting)
+            # _closed and _error are the loop thread's, read here without its order: a
+            # driver thread that misses a close asks anyway, and start_next_page then
+            # finds the request detached; no page is in flight after an error.
             claimed = (
                 not self._fetching
                 and not self._closed
