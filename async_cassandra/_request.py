@@ -141,11 +141,8 @@ class DriverRequest:
         self._limiter.release()
         if detached:
             self._retire()  # nobody waits: drop the result and our callbacks
-            return
-        if on_arrival is None:
-            portal.deliver(waiter, rows, error)
         else:
-            on_arrival(portal, rows, error)
+            _hand_over(waiter, portal, on_arrival, rows, error)
 
     def abandon(self, error: BaseException) -> None:
         """Finish the outstanding page now with ``error``, as if the driver had.
@@ -160,10 +157,7 @@ class DriverRequest:
         waiter, portal, on_arrival, _ = taken
         self._limiter.release()
         self._retire()
-        if on_arrival is None:
-            portal.deliver(waiter, None, error)
-        else:
-            on_arrival(portal, None, error)
+        _hand_over(waiter, portal, on_arrival, None, error)
 
     def _take_page(self, *, detach: bool) -> tuple[Waiter, Portal, OnArrival | None, bool] | None:
         """Claim the outstanding page's waiter, once: the driver's callback and
@@ -274,3 +268,17 @@ class DriverRequest:
             finished = self._waiter is None
         if finished:
             self._retire()
+
+
+def _hand_over(
+    waiter: Waiter,
+    portal: Portal,
+    on_arrival: OnArrival | None,
+    rows: Any,
+    error: BaseException | None,
+) -> None:
+    """Give a finished page to whoever asked for it. Any thread."""
+    if on_arrival is None:
+        portal.deliver(waiter, rows, error)
+    else:
+        on_arrival(portal, rows, error)

@@ -316,18 +316,22 @@ class AsyncStreamingResultSet:
         self._buffered_rows -= len(page)
         with self._lock:
             self._pages_ahead -= 1
-        if not made and self._make_rows is not named_tuple_rows:
-            page, made = self._make_rows(self._request.future._col_names, page), True
-        self._page_rows = self._rows = iter(page)
         self._row_class = None
         if not made:
-            # Each row becomes a Row as the consumer takes it, so a consumer that drops
-            # its rows frees them at once: Rows held in a page survive collections and
-            # are promoted to the cycle collector's oldest generation, which made full
-            # collections a large part of a stream's time. The raw tuples (of ints,
-            # strings, ...) are untracked by the collector's first look at them.
-            cls = self._row_class = row_class(self._request.future._col_names)
-            self._rows = map(new_row, repeat(cls), self._page_rows)
+            names = self._request.future._col_names
+            if self._make_rows is named_tuple_rows:
+                # Each row becomes a Row as the consumer takes it, so a consumer that
+                # drops its rows frees them at once: Rows held in a page survive
+                # collections and are promoted to the cycle collector's oldest
+                # generation, which made full collections a large part of a stream's
+                # time. The raw tuples (of ints, strings, ...) are untracked by the
+                # collector's first look at them.
+                self._row_class = row_class(names)
+            else:
+                page = self._make_rows(names, page)
+        self._page_rows = self._rows = iter(page)
+        if self._row_class is not None:
+            self._rows = map(new_row, repeat(self._row_class), self._page_rows)
         self.page_number += 1  # first: _maybe_fetch asks whether a page is current
         self._maybe_fetch()
         callback = self._config.page_callback
