@@ -13,8 +13,9 @@ import hashlib
 import json
 import os
 import platform
+import statistics
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -91,19 +92,20 @@ def _cpu_model() -> str | None:
     return None
 
 
-def _git_commit() -> str | None:
+def _git(*args: str) -> str | None:
+    """What ``git args...`` prints in the repository, or None if it cannot say."""
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         done = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=10,
+            ["git", *args], cwd=REPO, capture_output=True, text=True, check=False, timeout=10
         )
         if done.returncode == 0:
-            return done.stdout.strip()
+            return done.stdout
     return None
+
+
+def _git_commit() -> str | None:
+    out = _git("rev-parse", "HEAD")
+    return out.strip() if out is not None else None
 
 
 def _library_state() -> dict[str, Any]:
@@ -112,18 +114,8 @@ def _library_state() -> dict[str, Any]:
     digest = hashlib.sha256()
     for path in sorted((REPO / "async_cassandra").rglob("*.py")):
         digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
-    dirty: list[str] | None = None
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        done = subprocess.run(
-            ["git", "status", "--porcelain", "--", "async_cassandra"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=10,
-        )
-        if done.returncode == 0:
-            dirty = [line[3:] for line in done.stdout.splitlines()]
+    status = _git("status", "--porcelain", "--", "async_cassandra")
+    dirty = [line[3:] for line in status.splitlines()] if status is not None else None
     return {"uncommitted_changes": dirty, "sources_sha256": digest.hexdigest()[:16]}
 
 
@@ -250,6 +242,12 @@ def reset_peak_rss() -> bool:
 
 
 # ------------------------------------------------------------------------ output
+
+
+def median(values: Iterable[float | None]) -> float | None:
+    """The median of the values given (None ones left out); None if there are none."""
+    present = [value for value in values if value is not None]
+    return statistics.median(present) if present else None
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> float | None:

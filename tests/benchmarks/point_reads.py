@@ -33,7 +33,6 @@ import itertools
 import os
 import pstats
 import random
-import statistics
 import threading
 import time
 from collections.abc import Sequence
@@ -50,6 +49,7 @@ from _bench import (
     context_switches,
     fmt,
     jvm_cpu_seconds,
+    median,
     metadata,
     percentile,
     print_table,
@@ -480,11 +480,7 @@ def summarize(results: list[Result]) -> list[dict[str, Any]]:
             if not runs:
                 continue
 
-            def med(values: list[float | None]) -> float | None:
-                present = [v for v in values if v is not None]
-                return statistics.median(present) if present else None
-
-            ops_per_s = med([r.ops_per_s for r in runs])
+            ops_per_s = median(r.ops_per_s for r in runs)
             assert ops_per_s is not None
             if client == "driver":
                 driver_ops[concurrency] = ops_per_s
@@ -497,22 +493,22 @@ def summarize(results: list[Result]) -> list[dict[str, Any]]:
                     "vs_driver": round(ops_per_s / driver_ops[concurrency], 3)
                     if concurrency in driver_ops
                     else None,
-                    "cpu_us_per_op": med([r.cpu_us_per_op for r in runs]),
-                    "loop_thread_cpu_us_per_op": med([r.loop_thread_cpu_us_per_op for r in runs]),
-                    "context_switches_per_op": med([r.context_switches_per_op for r in runs]),
-                    "server_cpu_us_per_op": med([r.server_cpu_us_per_op for r in runs]),
+                    "cpu_us_per_op": median(r.cpu_us_per_op for r in runs),
+                    "loop_thread_cpu_us_per_op": median(r.loop_thread_cpu_us_per_op for r in runs),
+                    "context_switches_per_op": median(r.context_switches_per_op for r in runs),
+                    "server_cpu_us_per_op": median(r.server_cpu_us_per_op for r in runs),
                     "mean_latency_ms": round(1000 * concurrency / ops_per_s, 3)
                     if ops_per_s
                     else None,
-                    "loop_lag_p50_ms": med(
-                        [r.loop_lag_ms["p50"] if r.loop_lag_ms else None for r in runs]
+                    "loop_lag_p50_ms": median(
+                        r.loop_lag_ms["p50"] if r.loop_lag_ms else None for r in runs
                     ),
-                    "loop_lag_p99_ms": med(
-                        [r.loop_lag_ms["p99"] if r.loop_lag_ms else None for r in runs]
+                    "loop_lag_p99_ms": median(
+                        r.loop_lag_ms["p99"] if r.loop_lag_ms else None for r in runs
                     ),
-                    "completions_per_wakeup": med([r.completions_per_wakeup for r in runs]),
-                    "machine_busy_percent": med([r.machine_busy_percent for r in runs]),
-                    "machine_steal_percent": med([r.machine_steal_percent for r in runs]),
+                    "completions_per_wakeup": median(r.completions_per_wakeup for r in runs),
+                    "machine_busy_percent": median(r.machine_busy_percent for r in runs),
+                    "machine_steal_percent": median(r.machine_steal_percent for r in runs),
                     "errors": sum(r.errors for r in runs),
                 }
             )

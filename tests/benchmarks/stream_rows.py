@@ -29,7 +29,6 @@ import argparse
 import gc
 import json
 import os
-import statistics
 import subprocess
 import sys
 import threading
@@ -46,6 +45,7 @@ from _bench import (
     common_args,
     fmt,
     jvm_cpu_seconds,
+    median,
     metadata,
     print_table,
     proc_status_kib,
@@ -330,9 +330,9 @@ def run_phase(phase: Phase, target: Target) -> dict[str, Any]:
 def summarize(phase: Phase, phase_runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One phase over its rounds: medians of rates and costs, the worst of memory."""
 
-    def median(key: str, digits: int = 3) -> float | None:
-        values = [run[key] for run in phase_runs if run[key] is not None]
-        return round(statistics.median(values), digits) if values else None
+    def median_of(key: str, digits: int = 3) -> float | None:
+        value = median(run[key] for run in phase_runs)
+        return round(value, digits) if value is not None else None
 
     def most(key: str) -> Any:
         values = [run[key] for run in phase_runs if run[key] is not None]
@@ -343,16 +343,16 @@ def summarize(phase: Phase, phase_runs: list[dict[str, Any]]) -> dict[str, Any]:
         **asdict(phase),
         "label": label(phase),
         "rounds": len(phase_runs),
-        "rows_per_s": median("rows_per_s", 1),
+        "rows_per_s": median_of("rows_per_s", 1),
         "rows_per_s_min": min(rates),
         "rows_per_s_max": max(rates),
-        "vs_driver_same_fetch_size": median("vs_driver"),
+        "vs_driver_same_fetch_size": median_of("vs_driver"),
         "vs_driver_each_round": [round(run["vs_driver"], 3) for run in phase_runs],
-        "cpu_us_per_row": median("cpu_us_per_row"),
-        "main_thread_cpu_us_per_row": median("main_thread_cpu_us_per_row"),
-        "server_cpu_us_per_row": median("server_cpu_us_per_row"),
-        "machine_busy_percent": median("machine_busy_percent", 1),
-        "machine_steal_percent": median("machine_steal_percent", 1),
+        "cpu_us_per_row": median_of("cpu_us_per_row"),
+        "main_thread_cpu_us_per_row": median_of("main_thread_cpu_us_per_row"),
+        "server_cpu_us_per_row": median_of("server_cpu_us_per_row"),
+        "machine_busy_percent": median_of("machine_busy_percent", 1),
+        "machine_steal_percent": median_of("machine_steal_percent", 1),
         "rss_growth_mb": most("rss_growth_mb"),
         "rss_growth_sampled_mb": most("rss_growth_sampled_mb"),
         "rss_growth_from_connected_mb": most("rss_growth_from_connected_mb"),
