@@ -239,7 +239,9 @@ class AsyncStreamingResultSet:
 
         With the default row factory a page makes each ``Row`` as it is read, so rows
         you drop are freed at once (``list(page)`` gives a plain list); with a row
-        factory of your own, a page is the list it makes.
+        factory of your own, a page is the list it makes. Waiting for a page, raising
+        (:class:`~async_cassandra.TimeoutError`, driver errors) and cancellation are as
+        for iterating rows.
         """
         return _PageIterator(self)
 
