@@ -1,7 +1,8 @@
 """async-cassandra: the Cassandra client for async Python, on asyncio and trio.
 
 Correct under structured concurrency: cancel scopes, deadlines and task groups hold for
-database work. Wraps the official ``cassandra-driver``.
+database work. Wraps the official ``cassandra-driver``. The names are those of
+async-cassandra 0.0.1, so code written for it runs unchanged.
 """
 
 from .cluster import AsyncCluster
@@ -10,11 +11,13 @@ from .exceptions import (
     AuthenticationError,
     ConfigurationError,
     ConnectionError,
+    ConnectTimeoutError,
     QueryError,
     TimeoutError,
 )
 from .result import AsyncResultSet
 from .session import AsyncCassandraSession
+from .streaming import AsyncStreamingResultSet, StreamConfig, create_streaming_statement
 
 __version__ = "0.1.0"
 
@@ -23,10 +26,14 @@ __all__ = [
     "AsyncCassandraSession",
     "AsyncCluster",
     "AsyncResultSet",
+    "AsyncStreamingResultSet",
     "AuthenticationError",
     "ConfigurationError",
+    "ConnectTimeoutError",
     "ConnectionError",
     "QueryError",
+    "StreamConfig",
     "TimeoutError",
     "__version__",
+    "create_streaming_statement",
 ]

@@ -9,6 +9,7 @@ waits for it, bounded, when it closes, so nothing we started outlives the `async
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -18,6 +19,8 @@ import anyio
 __all__ = ["OffLoopCalls"]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("async_cassandra")
 
 
 class OffLoopCalls:
@@ -65,6 +68,29 @@ class OffLoopCalls:
                 self._done()
             raise
         return result  # type: ignore[return-value]  # None only when given up
+
+    def start(self, function: Callable[[], object], name: str) -> None:
+        """Start ``function()`` in a thread of its own and return at once; it runs to
+        its end whatever happens to the caller (:meth:`wait_idle` waits for it).
+
+        For closing: a shutdown must run even when the closing caller stops waiting
+        at once (a worker thread of :meth:`run` may never start if its caller is
+        cancelled first). An exception it raises is logged: nobody awaits it.
+        """
+        with self._lock:
+            self._running += 1
+            self._idle.clear()
+
+        def call() -> None:
+            try:
+                function()
+            except Exception:
+                logger.exception("%s failed", name)
+            finally:
+                self._done()
+
+        # A daemon, as anyio's worker threads are: it must not keep the process alive.
+        threading.Thread(target=call, name=f"async-cassandra {name}", daemon=True).start()
 
     def _done(self) -> None:
         # In a worker thread or on the loop: the count is shared, hence the lock.

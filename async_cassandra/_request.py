@@ -95,7 +95,9 @@ class DriverRequest:
         "_registry",
         "_waiter",
         "future",
+        "page_timeout",
         "pages_requested",
+        "row_factory",
     )
 
     def __init__(
@@ -104,8 +106,17 @@ class DriverRequest:
         limiter: InFlightLimiter,
         portal: Portal,
         registry: set[DriverRequest],
+        *,
+        row_factory: Any = None,
+        page_timeout: float | None = None,
     ) -> None:
         self.future = future
+        # The row factory in effect for the request; pages arrive as raw tuples and the
+        # rows are made on the loop (see _rows). None: pages are used as they arrive.
+        self.row_factory = row_factory
+        # How long each page after the first may take (None: no limit): the timeout
+        # the first page had before any caller's deadline shortened it.
+        self.page_timeout = page_timeout
         self._limiter = limiter
         self._portal = portal
         self._registry = registry
@@ -195,10 +206,22 @@ class DriverRequest:
             raise
         except Exception as error:
             await surface_deadline(error, deadline)
-            raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
+            raise translate_driver_error(error, hint=self._timeout_hint(error))  # noqa: B904
 
-    async def next_page(self, portal: Portal, timeout: float | None) -> Any:
-        """Ask for the next page and wait at most ``timeout`` seconds for it.
+    def _timeout_hint(self, error: BaseException) -> str | None:
+        # The driver's OperationTimedOut says only "errors={...}, last_host=...".
+        if not isinstance(error, OperationTimedOut):
+            return None
+        timeout = self.future.timeout
+        within = f"within {timeout:g} s " if isinstance(timeout, (int, float)) else ""
+        return (
+            f"No response to the request {within}(the timeout= argument, else the "
+            "execution profile's request_timeout); the server or the connection is "
+            "stalled, or the query is too slow. The request may still run there"
+        )
+
+    async def next_page(self, portal: Portal) -> Any:
+        """Ask for the next page and wait at most :attr:`page_timeout` seconds for it.
 
         The driver stops timing a request after its first page, so this deadline is
         ours: a stuck later page raises :class:`~async_cassandra.TimeoutError` instead
@@ -207,14 +230,17 @@ class DriverRequest:
         await self._limiter.acquire(portal)
         started = self.start_next_page(portal)
         assert started, "only this task detaches the request, and it is here"
+        timeout = self.page_timeout
         if timeout is None:
             return await self.page()
         with anyio.move_on_after(timeout) as scope:
             return await self.page()
         assert scope.cancelled_caught
         raise TimeoutError(
-            f"page {self.pages_requested} did not arrive within {timeout:g} s; the server "
-            "or the connection is stalled (the request may still be running there)"
+            f"page {self.pages_requested} did not arrive within {timeout:g} s (the "
+            "request's timeout: timeout=, else the execution profile's request_timeout); "
+            "the server or the connection is stalled (the request may still be running "
+            "there)"
         )
 
     def start_next_page(

@@ -1,24 +1,48 @@
-"""The default row factory: the driver's named tuples, without a new class per response.
+"""Making rows: on the event loop, from the decoder's raw tuples, as the row factory says.
 
-``cassandra.query.named_tuple_factory`` builds a new ``Row`` namedtuple class for every
-response it decodes. Making a class costs far more than decoding a small result, and
-each one is garbage the cycle collector must find; under load that showed up as 1.4-2x
-fewer point reads per second and long GC pauses in the event loop (see the point-reads
-benchmark). Rows made here are the same ``Row`` named tuples, with the same field names
-(the class comes from the driver's own factory), made once per set of column names.
+Every request hands its pages over as the decoder's plain tuples (the driver's
+``tuple_factory``, see ``_driver.take_row_factory``), and the row factory in effect for
+the request (the execution profile's or the session's) is applied here, on the loop:
+
+* ``named_tuple_factory``, the default, builds a new ``Row`` namedtuple class for every
+  response it decodes. Making a class costs far more than decoding a small result, and
+  each one is garbage the cycle collector must find; under load that showed up as
+  1.4-2x fewer point reads per second and long GC pauses in the event loop (see the
+  point-reads benchmark). Rows made here are the same ``Row`` named tuples, with the
+  same field names (the class comes from the driver's own factory), made once per set
+  of column names.
+* Any other factory is called as the driver would call it, once per page (or, for a
+  factory that does not return a list of rows, once for the whole result: see
+  :class:`JoinedPages`).
+
+Nothing of the driver's configuration is changed, so the driver session itself keeps
+behaving as a plain driver session (``ResultSet.was_applied`` checks the factory).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import repeat
 from typing import Any, overload
 
-from cassandra.cluster import Cluster as DriverCluster
-from cassandra.cluster import Session as DriverSession
-from cassandra.query import named_tuple_factory
+from cassandra.query import named_tuple_factory, tuple_factory
 
-__all__ = ["RowPage", "named_tuple_rows", "new_row", "row_class", "use_cached_row_classes"]
+from .exceptions import ConfigurationError
+
+__all__ = [
+    "JoinedPages",
+    "MakeRows",
+    "RowPage",
+    "as_row_list",
+    "named_tuple_rows",
+    "new_row",
+    "not_a_row_list",
+    "row_class",
+    "rows_maker",
+]
+
+# (column names, the decoder's raw rows) -> the page as the row factory makes it.
+MakeRows = Callable[[Sequence[str], list[Any]], Any]
 
 # Makes a Row of a raw row (the decoder's plain tuple) straight from C: no Python frame,
 # unlike the class's _make or __new__, which check a length the decoder always gets
@@ -96,15 +120,79 @@ class RowPage(Sequence[Any]):
         return f"RowPage({list(self)!r})"
 
 
-def use_cached_row_classes(cluster: DriverCluster, session: DriverSession) -> None:
-    """Put :func:`named_tuple_rows` where the driver's default factory is configured.
+def _raw_rows(colnames: Sequence[str], rows: list[Any]) -> list[Any]:
+    return rows
 
-    Only where the default is still in place: a ``row_factory`` the user chose (in a
-    profile or on the session) is left alone. Done without the driver's setter, which
-    would switch the cluster into its legacy configuration mode.
+
+def rows_maker(row_factory: Any) -> MakeRows:
+    """What makes a page's rows for ``row_factory``, the factory in effect for a request
+    (None: the rows as the decoder made them, plain tuples)."""
+    if row_factory is None or row_factory is tuple_factory:
+        return _raw_rows
+    if row_factory is named_tuple_factory:
+        return named_tuple_rows
+    return row_factory  # type: ignore[no-any-return]
+
+
+def as_row_list(made: Any) -> list[Any] | None:
+    """A row factory's page as a list of rows; None when the factory made one object
+    for the whole page (a pandas ``DataFrame``, say), whose iteration is not its rows."""
+    if isinstance(made, list):
+        return made
+    if isinstance(made, (tuple, Iterator)):  # a tuple, or a generator of rows
+        return list(made)
+    return None
+
+
+def not_a_row_list(made: Any, what: str) -> ConfigurationError:
+    """The error for reading ``made`` (not a list of rows) row by row in ``what``."""
+    kind = type(made).__name__
+    return ConfigurationError(
+        f"the row factory made a {kind} for the page, not a list of rows, so {what} "
+        f"cannot hand out its rows one by one (iterating a {kind} need not give its "
+        "rows). Read the page whole: result.current_rows, or `async for page in "
+        "stream.pages()`; or use a row factory that returns a list (the driver's "
+        "named_tuple_factory, dict_factory, tuple_factory and ordered_dict_factory do)"
+    )
+
+
+class JoinedPages:
+    """The rows of every page of one result, joined into one result.
+
+    Pages are made as they arrive (overlapping the fetch of the next). A factory that
+    returns lists of rows gives one list of every row; one that makes a container of
+    its own per page (a ``DataFrame``) cannot be joined page by page, so it is called
+    once, at the end, on every page's raw rows: one container of every row, never the
+    column names or the first page alone.
     """
-    for profile in cluster.profile_manager.profiles.values():
-        if profile.row_factory is named_tuple_factory:
-            profile.row_factory = named_tuple_rows
-    if session.row_factory is named_tuple_factory:
-        session._row_factory = named_tuple_rows
+
+    __slots__ = ("_make", "_names", "_raw", "_rows")
+
+    def __init__(self, make: MakeRows, names: Sequence[str]) -> None:
+        self._make = make
+        self._names = names
+        self._rows: list[Any] | None = None
+        self._raw: list[Any] | None = None
+
+    def add(self, raw: list[Any]) -> None:
+        """Add the next page's raw rows."""
+        if self._raw is not None:
+            self._raw.extend(raw)
+            return
+        made = self._make(self._names, raw)
+        rows = as_row_list(made)
+        if rows is None and self._rows is None:
+            self._raw = list(raw)  # a container per page: make it once, at the end
+        elif rows is None:
+            raise not_a_row_list(made, "joining the pages of execute()")
+        elif self._rows is None:
+            # A copy: the first page's list may be the driver's own (tuple_factory).
+            self._rows = list(rows)
+        else:
+            self._rows.extend(rows)
+
+    def result(self) -> Any:
+        """Every row: a list, or the factory's container of them all."""
+        if self._raw is not None:
+            return self._make(self._names, self._raw)
+        return self._rows if self._rows is not None else []

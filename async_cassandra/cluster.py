@@ -16,23 +16,23 @@ from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import Cluster as DriverCluster
 
 from ._offloop import OffLoopCalls
-from ._rows import use_cached_row_classes
+from ._resources import CLOSE_TIMEOUT, SessionResources, close_in_exit, close_within
+from .constants import DEFAULT_CONNECTION_TIMEOUT
 from .exceptions import (
     AuthenticationError,
     ConfigurationError,
     ConnectionError,
+    ConnectTimeoutError,
     QueryError,
+    TimeoutError,
     category_of,
     translate_driver_error,
 )
-from .session import CLOSE_TIMEOUT, AsyncCassandraSession
+from .session import AsyncCassandraSession, open_session
 
 __all__ = ["AsyncCluster"]
 
 MIN_PROTOCOL_VERSION = 5
-# Connecting does several round trips per host plus schema reads; a bound keeps a
-# forgotten firewall rule from hanging start-up forever.
-DEFAULT_CONNECT_TIMEOUT = 60.0
 
 
 # Set in the thread that runs our driver calls whose warnings we expect and handle.
@@ -92,12 +92,16 @@ class AsyncCluster:
     """A Cassandra cluster to connect to, for async code (asyncio or trio).
 
     Takes the driver ``Cluster``'s keywords (``connect_timeout``,
-    ``execution_profiles``, ``compression``, ...) and passes every one through.
-    Creating it does no I/O; :meth:`connect` does. Use it as ``async with
-    AsyncCluster([...]) as cluster``, or call :meth:`shutdown` yourself.
+    ``execution_profiles``, ``compression``, ...) and passes every one through; the
+    positional order is async-cassandra 0.0.1's. Creating it does no I/O; :meth:`connect`
+    does. Use it as ``async with AsyncCluster([...]) as cluster``, or call
+    :meth:`shutdown` yourself.
 
-    Raises :class:`ConfigurationError` for an unknown keyword or a ``protocol_version``
-    below 5.
+    ``max_concurrent_requests``: requests in flight per session (default 1024 per
+    connected host); more wait as an ``await``.
+
+    Raises :class:`ConfigurationError` for an unknown keyword, a ``protocol_version``
+    below 5 or a ``max_concurrent_requests`` below 1.
     """
 
     def __init__(
@@ -116,6 +120,7 @@ class AsyncCluster:
         idle_heartbeat_interval: float = 30.0,
         schema_event_refresh_window: float = 2.0,
         topology_event_refresh_window: float = 10.0,
+        status_event_refresh_window: float = 2.0,
         connect_timeout: float = 10.0,
         *,
         max_concurrent_requests: int | None = None,
@@ -123,6 +128,15 @@ class AsyncCluster:
     ) -> None:
         if protocol_version is not None and protocol_version < MIN_PROTOCOL_VERSION:
             raise _protocol_error(protocol_version, negotiated=False)
+        if max_concurrent_requests is not None and (
+            isinstance(max_concurrent_requests, bool)
+            or not isinstance(max_concurrent_requests, int)
+            or max_concurrent_requests < 1
+        ):
+            raise ConfigurationError(
+                "max_concurrent_requests must be an int of at least 1 (requests in "
+                f"flight per session), or None for the default; not {max_concurrent_requests!r}"
+            )
         options: dict[str, Any] = {
             "contact_points": contact_points if contact_points is not None else ["127.0.0.1"],
             "port": port,
@@ -132,6 +146,7 @@ class AsyncCluster:
             "idle_heartbeat_interval": idle_heartbeat_interval,
             "schema_event_refresh_window": schema_event_refresh_window,
             "topology_event_refresh_window": topology_event_refresh_window,
+            "status_event_refresh_window": status_event_refresh_window,
             "connect_timeout": connect_timeout,
         }
         # Pass only what was given: the driver tells "unset" from None for several.
@@ -157,7 +172,8 @@ class AsyncCluster:
         self._max_concurrent_requests = max_concurrent_requests
         self._closed = False
         self._close_lock = threading.Lock()
-        self._sessions: weakref.WeakSet[AsyncCassandraSession] = weakref.WeakSet()
+        # What shutdown() must close of each session made here (see _resources).
+        self._sessions: weakref.WeakSet[SessionResources] = weakref.WeakSet()
         self._offloop = OffLoopCalls()
 
     @classmethod
@@ -233,14 +249,16 @@ class AsyncCluster:
         """Connect and return a session (bound to ``keyspace`` if given).
 
         The driver's connect blocks, so it runs in a worker thread; the event loop
-        stays free. Bounded by ``timeout`` (default 60 s). Cancellation returns at
+        stays free. Bounded by ``timeout`` seconds (default 30, as in 0.0.1; each connection attempt
+        is also bounded by the driver's ``connect_timeout``). Cancellation returns at
         once; a connection that completes afterwards is closed by the worker, and
         :meth:`shutdown` waits for that worker.
 
         Raises :class:`ConnectionError` (no host reachable, cluster shut down),
-        :class:`AuthenticationError`, :class:`QueryError` (unknown keyspace),
-        :class:`ConfigurationError` (a server that only speaks protocol v4 or lower),
-        :class:`TimeoutError`.
+        :class:`ConnectTimeoutError` (no answer in time: both a :class:`TimeoutError`
+        and a :class:`ConnectionError`), :class:`AuthenticationError`,
+        :class:`QueryError` (unknown keyspace), :class:`ConfigurationError` (a server
+        that only speaks protocol v4 or lower).
         """
         if self._closed:
             raise ConnectionError(
@@ -257,8 +275,11 @@ class AsyncCluster:
                 session.shutdown()
             return session
 
+        # Connecting does several round trips per host plus schema reads; a bound keeps a
+        # forgotten firewall rule from hanging start-up forever.
+        limit = timeout if timeout is not None else DEFAULT_CONNECTION_TIMEOUT
         try:
-            with anyio.fail_after(timeout if timeout is not None else DEFAULT_CONNECT_TIMEOUT):
+            with anyio.move_on_after(limit) as scope:
                 try:
                     driver_session = await self._offloop.run(connect_in_thread)
                 except BaseException:
@@ -266,17 +287,22 @@ class AsyncCluster:
                     raise
         except Exception as error:
             raise translate_driver_error(error, hint=self._connect_hint(error))  # noqa: B904
+        if scope.cancelled_caught:
+            raise ConnectTimeoutError(
+                f"connecting to {self._contact_points()} did not finish within {limit:g} s "
+                "(connect(timeout=...)); check that Cassandra is running and answering "
+                "there, and that the TLS settings (ssl_context) match the server's"
+            )
         negotiated = self._cluster.protocol_version
         if negotiated < MIN_PROTOCOL_VERSION:
             # The driver negotiated down to what an old server speaks. Not retried:
             # no retry makes the server newer.
             await self.shutdown()
             raise _protocol_error(negotiated, negotiated=True)
-        use_cached_row_classes(self._cluster, driver_session)
-        session = AsyncCassandraSession(
-            driver_session, self, max_concurrent_requests=self._max_concurrent_requests
+        session, resources = open_session(
+            driver_session, max_concurrent_requests=self._max_concurrent_requests
         )
-        self._sessions.add(session)
+        self._sessions.add(resources)
         return session
 
     def _connect_hint(self, error: BaseException) -> str | None:
@@ -296,38 +322,59 @@ class AsyncCluster:
             )
         if category is AuthenticationError:
             return "Check the username and password (AsyncCluster.create_with_auth)"
-        points = ", ".join(f"{h}:{self._cluster.port}" for h in self._cluster.contact_points)
+        if category is ConnectTimeoutError:
+            return (
+                f"No answer from {self._contact_points()} within the driver's "
+                f"connect_timeout ({self._cluster.connect_timeout:g} s): check that "
+                "Cassandra is running and answering there, and that the TLS settings "
+                "(ssl_context) match the server's"
+            )
         return (
-            f"Could not connect to {points}: check that Cassandra is running and "
-            "listening there, and that the credentials and TLS settings (ssl_context) "
-            "match the server's"
+            f"Could not connect to {self._contact_points()}: check that Cassandra is "
+            "running and listening there, and that the credentials and TLS settings "
+            "(ssl_context) match the server's"
         )
+
+    def _contact_points(self) -> str:
+        return ", ".join(f"{h}:{self._cluster.port}" for h in self._cluster.contact_points)
 
     # -- closing ---------------------------------------------------------------------
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """Close every session and connection of this cluster. Idempotent.
 
-        Shielded from cancellation and bounded in time; runs off the event loop
-        (the driver's shutdown blocks while it joins its threads). Works from any
-        loop, also after the loop that created the cluster has closed.
+        Shielded from cancellation and off the event loop (the driver's shutdown
+        blocks while it joins its threads). Works from any loop, also after the loop
+        that created the cluster has closed. Waits for the worker threads the cluster
+        and its sessions started (a connect or prepare abandoned by a cancelled
+        caller), ``timeout`` seconds at most in all; past that it raises
+        :class:`TimeoutError` and the rest goes on in its threads (``async with``
+        logs this instead when another exception is already leaving the block).
         """
         with self._close_lock:
             if self._closed:
                 return
             self._closed = True
-        for session in list(self._sessions):
+        sessions = list(self._sessions)
+        for resources in sessions:
             # The driver's cluster shutdown closes the driver sessions; mark ours.
-            session._mark_closed()
-        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
-            await self._offloop.run(self._cluster.shutdown)
-            # A connect or refresh abandoned by a cancelled caller ends soon after the
-            # driver shut down; it was started in this cluster's scope, so wait for it.
-            await self._offloop.wait_idle(CLOSE_TIMEOUT)
-            for session in list(self._sessions):
-                await session._offloop.wait_idle(CLOSE_TIMEOUT)
+            resources.mark_closed()
+        finished = await close_within(
+            timeout,
+            self._offloop,
+            self._cluster.shutdown,
+            "cluster shutdown",
+            also_wait=[resources.offloop for resources in sessions],
+        )
+        if not finished:
+            raise TimeoutError(
+                f"shutting down the cluster did not finish within {timeout:g} s; the "
+                "driver's shutdown goes on in a worker thread"
+            )
 
-    close = shutdown
+    async def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """The same as :meth:`shutdown` (async-cassandra 0.0.1 has both names)."""
+        await self.shutdown(timeout)
 
     async def __aenter__(self) -> AsyncCluster:
         return self
@@ -338,7 +385,7 @@ class AsyncCluster:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.shutdown()
+        await close_in_exit(self.shutdown, exc)
 
     def __repr__(self) -> str:
         state = "shut down" if self._closed else "open"

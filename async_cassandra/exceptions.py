@@ -21,9 +21,14 @@ Category                Meaning, and the driver errors mapped to it
                         (``OverloadedErrorMessage``, ``IsBootstrappingErrorMessage``,
                         ``ServerError``), and a session or cluster that is already closed.
 ``TimeoutError``        A client or server timeout (``OperationTimedOut``,
-                        ``ReadTimeout``, ``WriteTimeout``). A write that timed out may or
-                        may not have been applied. Also a subclass of the built-in
-                        :class:`TimeoutError`, which ``anyio.fail_after`` raises.
+                        ``ReadTimeout``, ``WriteTimeout``, ``TraceUnavailable``), and every
+                        deadline of ours (connect, prepare, a later page, closing). A
+                        write that timed out may or may not have been applied. Also a
+                        subclass of the built-in :class:`TimeoutError`, which
+                        ``anyio.fail_after`` and ``asyncio.wait_for`` raise. The message
+                        says what timed out and after how long.
+                        :class:`ConnectTimeoutError` (connecting did not finish in time) is
+                        both a ``TimeoutError`` and a ``ConnectionError``.
 ``AuthenticationError`` The server rejected the credentials (``AuthenticationFailed``,
                         or ``NoHostAvailable`` where every host said so).
 ``ConfigurationError``  The client is configured wrongly: an unknown driver option, a
@@ -47,14 +52,17 @@ import cassandra
 import cassandra.cluster
 import cassandra.connection
 import cassandra.protocol
+import cassandra.query
 
 __all__ = [
     "AsyncCassandraError",
     "AuthenticationError",
     "ConfigurationError",
+    "ConnectTimeoutError",
     "ConnectionError",
     "QueryError",
     "TimeoutError",
+    "bad_argument",
     "category_of",
     "is_protocol_version_error",
     "translate_driver_error",
@@ -62,7 +70,24 @@ __all__ = [
 
 
 class AsyncCassandraError(Exception):
-    """The base of every error async-cassandra raises."""
+    """The base of every error async-cassandra raises.
+
+    ``AsyncCassandraError(message, cause=None)`` as in async-cassandra 0.0.1: ``cause``
+    (also readable as :attr:`cause`) becomes ``__cause__``, the error behind this one.
+    """
+
+    def __init__(self, message: str = "", cause: BaseException | None = None) -> None:
+        if message:
+            super().__init__(message)
+        else:
+            super().__init__()
+        if cause is not None:
+            self.__cause__ = cause
+
+    @property
+    def cause(self) -> BaseException | None:
+        """The error this one was raised from (``__cause__``; 0.0.1's name for it)."""
+        return self.__cause__
 
 
 class QueryError(AsyncCassandraError):
@@ -85,6 +110,15 @@ class ConfigurationError(AsyncCassandraError):
     """The client is configured wrongly (options, protocol version)."""
 
 
+class ConnectTimeoutError(TimeoutError, ConnectionError):
+    """Connecting did not finish in time: nothing answered, or too slowly.
+
+    Both a :class:`TimeoutError` and a :class:`ConnectionError` (retrying later may
+    succeed), so ``except ConnectionError`` around ``connect()`` keeps working, and
+    so does ``except asyncio.TimeoutError``, which async-cassandra 0.0.1 raised here.
+    """
+
+
 # Checked in order; the first driver class the error is an instance of decides the
 # category. Subclasses come before their bases where the category differs.
 _CATEGORIES: tuple[tuple[type[BaseException], type[AsyncCassandraError]], ...] = (
@@ -92,6 +126,7 @@ _CATEGORIES: tuple[tuple[type[BaseException], type[AsyncCassandraError]], ...] =
     (cassandra.protocol.BadCredentials, AuthenticationError),
     (cassandra.OperationTimedOut, TimeoutError),
     (cassandra.Timeout, TimeoutError),
+    (cassandra.query.TraceUnavailable, TimeoutError),
     (cassandra.Unavailable, ConnectionError),
     (cassandra.cluster.NoHostAvailable, ConnectionError),
     (cassandra.connection.ConnectionException, ConnectionError),
@@ -106,6 +141,8 @@ _CATEGORIES: tuple[tuple[type[BaseException], type[AsyncCassandraError]], ...] =
     (cassandra.RequestExecutionException, QueryError),
     (builtins.TypeError, QueryError),
     (builtins.ValueError, QueryError),
+    # Before OSError, its base: a timeout is a timeout, not a lost connection.
+    (builtins.TimeoutError, TimeoutError),
     (builtins.OSError, ConnectionError),
 )
 
@@ -189,6 +226,10 @@ def category_of(error: BaseException) -> type[AsyncCassandraError]:
             return AuthenticationError
         if host_errors and all(is_protocol_version_error(e) for e in host_errors):
             return ConfigurationError
+        if host_errors and all(
+            isinstance(e, (cassandra.OperationTimedOut, builtins.TimeoutError)) for e in host_errors
+        ):
+            return ConnectTimeoutError  # e.g. "Timed out creating connection (10 seconds)"
     for driver_class, category in _CATEGORIES:
         if isinstance(error, driver_class):
             return category
@@ -222,3 +263,20 @@ def translate_driver_error(error: BaseException, *, hint: str | None = None) -> 
     translated.__suppress_context__ = True
     translated.__traceback__ = error.__traceback__
     return translated
+
+
+def bad_argument(
+    message: str,
+    base: type[Exception] = ValueError,
+    *,
+    category: type[AsyncCassandraError] = QueryError,
+    cause: BaseException | None = None,
+) -> AsyncCassandraError:
+    """A :class:`QueryError` (or ``category``) for an argument the caller got wrong,
+    that is also a ``base`` (``ValueError``, ``TypeError``), so code that catches the
+    built-in class, as the driver and async-cassandra 0.0.1 raised it, keeps working."""
+    error = _combined_class(category, base)(message)
+    if cause is not None:
+        error.__cause__ = cause
+        error.__suppress_context__ = True
+    return error

@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from cassandra.cluster import ResponseFuture
 from cassandra.query import BatchStatement, QueryTrace
 
+from . import _driver
 from ._offloop import OffLoopCalls
+from ._rows import not_a_row_list
+from .exceptions import translate_driver_error
 
 __all__ = ["AsyncResultSet"]
+
+# Comments and string literals, which may hide (or fake) the words of a batch.
+_NOT_CODE = re.compile(r"'(?:[^']|'')*'|--[^\n]*|//[^\n]*|/\*.*?\*/", re.S)
+_BATCH = re.compile(r"\s*BEGIN\s+(?:UNLOGGED\s+|COUNTER\s+|LOGGED\s+)?BATCH\b", re.I)
 
 
 class AsyncResultSet:
     """The rows of a query, already fetched; iterating never does I/O.
 
-    Rows are the driver's named tuples, or whatever the driver session's
-    ``row_factory`` makes. ``for row in result`` and ``async for row in result`` both
-    work; every iteration starts from the first row, so two iterations never interfere.
+    Rows are the driver's named tuples, or whatever the row factory in effect makes.
+    ``for row in result`` and ``async for row in result`` both work; every iteration
+    starts from the first row, so two iterations never interfere.
+
+    A row factory that makes one object per result instead of a list of rows (a pandas
+    ``DataFrame``) gives that object as :attr:`current_rows`; reading such a result row
+    by row raises :class:`~async_cassandra.ConfigurationError` rather than iterate the
+    object (a DataFrame iterates its column names).
 
     By default ``session.execute`` fetches every page before returning. When it was
     asked for one page (``paging_state=`` / ``fetch_size=``), :attr:`paging_state` and
@@ -27,51 +40,66 @@ class AsyncResultSet:
 
     def __init__(
         self,
-        rows: Sequence[Any],
+        rows: Any,
         response_future: ResponseFuture | None = None,
         *,
         paging_state: bytes | None = None,
         offloop: OffLoopCalls | None = None,
+        trace: QueryTrace | BaseException | None = None,
     ) -> None:
         self._rows = rows
+        # Rows a factory made as one object of its own (not a sequence of rows).
+        self._opaque = not isinstance(rows, Sequence) or isinstance(rows, (str, bytes))
         self._future = response_future
         self._paging_state = paging_state
         self._offloop = offloop if offloop is not None else OffLoopCalls()
+        self._trace = trace
 
     # -- rows ------------------------------------------------------------------------
 
     @property
-    def rows(self) -> Sequence[Any]:
-        """All fetched rows, in order."""
+    def rows(self) -> Any:
+        """All fetched rows, in order (or the row factory's object holding them)."""
         return self._rows
 
-    current_rows = rows  # the driver ResultSet's name for the same thing
+    @property
+    def current_rows(self) -> Any:
+        """The driver ``ResultSet``'s name for :attr:`rows`."""
+        return self._rows
+
+    def _row_list(self) -> Sequence[Any]:
+        if self._opaque:
+            raise not_a_row_list(self._rows, "the result")
+        rows: Sequence[Any] = self._rows
+        return rows
 
     def one(self) -> Any | None:
         """The first row, or None when there are none."""
-        return self._rows[0] if self._rows else None
+        rows = self._row_list()
+        return rows[0] if rows else None
 
     def all(self) -> list[Any]:
         """All rows as a new list."""
-        return list(self._rows)
+        return list(self._row_list())
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._rows)
+        return iter(self._row_list())
 
     def __aiter__(self) -> _AsyncRowIterator:
-        return _AsyncRowIterator(iter(self._rows))
+        return _AsyncRowIterator(iter(self._row_list()))
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._row_list())
 
     def __getitem__(self, index: int) -> Any:
-        return self._rows[index]
+        return self._row_list()[index]
 
     def __bool__(self) -> bool:
-        return bool(self._rows)
+        return bool(self._row_list())
 
     def __repr__(self) -> str:
-        return f"<AsyncResultSet rows={len(self._rows)} has_more_pages={self.has_more_pages}>"
+        count = type(self._rows).__name__ if self._opaque else f"{len(self._rows)}"
+        return f"<AsyncResultSet rows={count} has_more_pages={self.has_more_pages}>"
 
     # -- metadata --------------------------------------------------------------------
 
@@ -82,11 +110,11 @@ class AsyncResultSet:
 
     @property
     def column_names(self) -> list[str] | None:
-        return getattr(self._future, "_col_names", None)
+        return None if self._future is None else _driver.column_names(self._future)
 
     @property
     def column_types(self) -> list[Any] | None:
-        return getattr(self._future, "_col_types", None)
+        return None if self._future is None else _driver.column_types(self._future)
 
     @property
     def paging_state(self) -> bytes | None:
@@ -99,31 +127,65 @@ class AsyncResultSet:
 
     @property
     def was_applied(self) -> bool:
-        """For a lightweight transaction (or a batch of them): whether it was applied.
+        """For a lightweight transaction, or a conditional batch: whether it was applied.
 
+        A conditional batch that was not applied returns one row per condition it
+        checked, each with ``[applied]`` false; this reads the first, for a
+        ``BatchStatement`` and for a ``BEGIN BATCH ... APPLY BATCH`` string (plain,
+        ``SimpleStatement`` or prepared) alike, where the driver raises for the latter.
         Raises RuntimeError when the result is not that of an LWT, as the driver does.
         """
-        query = getattr(self._future, "query", None)
         names = self.column_names
         if not names or names[0] != "[applied]":
             raise RuntimeError("was_applied is only defined for LWT results")
-        if not isinstance(query, BatchStatement) and len(self._rows) != 1:
-            raise RuntimeError(f"LWT result should have exactly one row, not {len(self._rows)}")
-        row = self._rows[0]
+        rows = self._row_list()
+        if not self._is_batch() and len(rows) != 1:
+            raise RuntimeError(f"LWT result should have exactly one row, not {len(rows)}")
+        row = rows[0]
         return bool(row["[applied]"] if isinstance(row, dict) else row[0])
+
+    def _is_batch(self) -> bool:
+        query = getattr(self._future, "query", None)
+        if isinstance(query, BatchStatement):
+            return True
+        text = getattr(query, "query_string", None)
+        if text is None:  # a BoundStatement: the text is its prepared statement's
+            text = getattr(getattr(query, "prepared_statement", None), "query_string", None)
+        return isinstance(text, str) and _BATCH.match(_NOT_CODE.sub(" ", text)) is not None
+
+    def get_query_trace(self) -> QueryTrace | None:
+        """The server's trace of this query (run it with ``trace=True``), or None.
+
+        ``session.execute(..., trace=True)`` already fetched it (in a worker thread), so
+        this does no I/O, unlike async-cassandra 0.0.1's, which blocked the event loop.
+        Raises :class:`~async_cassandra.TimeoutError` if the trace was not complete
+        within the driver session's ``max_trace_wait`` (2 s by default); ``await
+        query_trace()`` then tries again.
+        """
+        if isinstance(self._trace, BaseException):
+            raise self._trace
+        return self._trace
 
     async def query_trace(self, max_wait: float | None = 2.0) -> QueryTrace | None:
         """The server's trace of this query (run it with ``trace=True``), or None.
 
-        The driver fetches trace events with blocking queries, so this runs in a worker
-        thread. Cancelling abandons the thread; it ends by itself within ``max_wait``
-        (closing the session waits for it).
+        The trace fetched by ``execute(..., trace=True)``; if that fetch failed, or for
+        a result made otherwise, fetched now in a worker thread (the driver's fetch
+        blocks). Cancelling abandons the thread; it ends by itself within ``max_wait``
+        seconds (closing the session waits for it). Raises
+        :class:`~async_cassandra.TimeoutError` if the trace is not complete within
+        ``max_wait``.
         """
+        if isinstance(self._trace, QueryTrace):
+            return self._trace
         future = self._future
-        # The driver's _query_traces stays None for a request that was not traced.
-        if future is None or not getattr(future, "_query_traces", None):
+        if future is None or not _driver.was_traced(future):
             return None
-        return await self._offloop.run(future.get_query_trace, max_wait)
+        try:
+            self._trace = await self._offloop.run(future.get_query_trace, max_wait)
+        except Exception as error:
+            raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
+        return self._trace
 
 
 class _AsyncRowIterator:

@@ -4,31 +4,35 @@ from __future__ import annotations
 
 import copy
 import re
-import threading
-from collections import OrderedDict
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
-from cassandra.cluster import _NOT_SET, EXEC_PROFILE_DEFAULT
+from cassandra.cluster import EXEC_PROFILE_DEFAULT
 from cassandra.cluster import Session as DriverSession
-from cassandra.query import PreparedStatement, SimpleStatement, Statement
+from cassandra.query import BoundStatement, PreparedStatement, SimpleStatement, Statement
 
+from . import _driver
+from ._binding import bind_prepared, bind_string
 from ._offloop import OffLoopCalls
 from ._portal import InFlightLimiter, current_portal
-from ._request import DriverRequest, driver_timeout, page_rows
-from .exceptions import ConnectionError, QueryError, translate_driver_error
+from ._prepared_cache import PreparedCache
+from ._request import DriverRequest, driver_timeout
+from ._resources import CLOSE_TIMEOUT, SessionResources, close_in_exit, close_within
+from ._rows import JoinedPages, rows_maker
+from .exceptions import (
+    ConfigurationError,
+    ConnectionError,
+    QueryError,
+    TimeoutError,
+    bad_argument,
+    translate_driver_error,
+)
 from .result import AsyncResultSet
 from .streaming import AsyncStreamingResultSet, StreamConfig
 
-if TYPE_CHECKING:
-    from .cluster import AsyncCluster
-
 __all__ = ["AsyncCassandraSession"]
 
-# How long closing may take before we stop waiting for the driver (it goes on in a
-# worker thread). Closing runs shielded, so it needs a bound of its own.
-CLOSE_TIMEOUT = 10.0
 # Per connected host. The driver allows 32767 stream ids per connection and blocks the
 # calling thread (our event loop) when they run out; 1024 keeps far below that, and
 # bounds the memory and server queue one session can fill.
@@ -56,34 +60,53 @@ class AsyncCassandraSession:
     Requests in flight are bounded (``max_concurrent_requests``); when the bound is
     reached, further calls wait as an ``await`` instead of blocking the loop inside
     the driver.
+
+    ``AsyncCassandraSession(driver_session)`` wraps a connected
+    ``cassandra.cluster.Session`` of your own (as in async-cassandra 0.0.1), and
+    :meth:`create` connects a driver ``Cluster`` and wraps it.
     """
 
     def __init__(
         self,
-        driver_session: DriverSession,
-        cluster: AsyncCluster | None = None,
+        session: DriverSession,
+        metrics: Any = None,
         *,
         max_concurrent_requests: int | None = None,
     ) -> None:
-        self._session = driver_session
-        self._cluster = cluster
+        if metrics is not None:
+            raise ConfigurationError(
+                "metrics= (a MetricsMiddleware) is not supported by this version; "
+                "create the session without it"
+            )
+        self._session = session
         if max_concurrent_requests is None:
-            hosts = max(1, len(driver_session.get_pools()))
+            hosts = max(1, len(session.get_pools()))
             max_concurrent_requests = hosts * DEFAULT_IN_FLIGHT_PER_HOST
         self._limiter = InFlightLimiter(max_concurrent_requests)
-        self._closed = False
-        self._close_lock = threading.Lock()
-        self._prepared: OrderedDict[str, PreparedStatement] = OrderedDict()
-        self._offloop = OffLoopCalls()
-        # Driver requests whose callbacks are still registered (introspection).
-        self._requests: set[DriverRequest] = set()
+        self._resources = SessionResources()
+        self._prepared = PreparedCache(lambda: session.cluster.metadata, PREPARED_CACHE_SIZE)
+
+    @classmethod
+    async def create(cls, cluster: Any, keyspace: str | None = None) -> AsyncCassandraSession:
+        """Connect a driver ``cassandra.cluster.Cluster`` (off the event loop) and wrap
+        the session. Prefer :meth:`AsyncCluster.connect`, which also checks the
+        protocol version and bounds the time; this is async-cassandra 0.0.1's way.
+
+        Raises as :meth:`AsyncCluster.connect` does (:class:`ConnectionError`,
+        :class:`QueryError` for an unknown keyspace, ...).
+        """
+        try:
+            driver_session = await OffLoopCalls().run(cluster.connect, keyspace)
+        except Exception as error:
+            raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
+        return cls(driver_session)
 
     # -- state -----------------------------------------------------------------------
 
     @property
     def driver_session(self) -> DriverSession:
-        """The wrapped ``cassandra.cluster.Session`` (do not call its blocking methods
-        on the event loop)."""
+        """The wrapped ``cassandra.cluster.Session``, untouched by us: it behaves as a
+        plain driver session (do not call its blocking methods on the event loop)."""
         return self._session
 
     @property
@@ -93,7 +116,7 @@ class AsyncCassandraSession:
 
     @property
     def is_closed(self) -> bool:
-        return self._closed or bool(self._session.is_shutdown)
+        return self._resources.closed or bool(self._session.is_shutdown)
 
     @property
     def max_concurrent_requests(self) -> int:
@@ -113,12 +136,17 @@ class AsyncCassandraSession:
 
         Includes requests whose caller was cancelled, until the driver finishes them.
         """
-        return len(self._requests)
+        return len(self._resources.requests)
 
     @property
     def requests_waiting(self) -> int:
         """Calls waiting for an in-flight slot."""
         return self._limiter.waiting
+
+    @property
+    def prepared_statements_cached(self) -> int:
+        """Statements in the cache behind ``execute(..., prepare=True)``."""
+        return len(self._prepared)
 
     def _check_open(self) -> DriverSession:
         if self.is_closed:
@@ -133,14 +161,14 @@ class AsyncCassandraSession:
         self,
         query: str | Statement | PreparedStatement,
         parameters: Any = None,
-        *,
-        timeout: float | None = None,
         trace: bool = False,
         custom_payload: dict[str, bytes] | None = None,
+        timeout: float | None = None,
         execution_profile: Any = EXEC_PROFILE_DEFAULT,
         paging_state: bytes | None = None,
         host: Any = None,
         execute_as: str | None = None,
+        *,
         prepare: bool = False,
         fetch_size: int | None = None,
     ) -> AsyncResultSet:
@@ -149,8 +177,10 @@ class AsyncCassandraSession:
         ``query`` is a CQL string (``%s`` / ``%(name)s`` parameters), a
         ``SimpleStatement``, a ``PreparedStatement`` or ``BoundStatement`` (``?`` /
         ``:name`` parameters), or a ``BatchStatement``, exactly as the driver takes
-        them. A CQL string with ``?`` markers must be prepared: pass ``prepare=True``
-        to prepare it once through the session's cache.
+        them; the positional order of the arguments is that of async-cassandra 0.0.1
+        (and of the driver's ``execute_async``). A CQL string with ``?`` markers must
+        be prepared: pass ``prepare=True`` to prepare it once through the session's
+        cache, which is keyed on the keyspace in effect and notices schema changes.
 
         One page only: pass ``fetch_size`` (rows per page) and/or ``paging_state``
         (where a previous result's :attr:`~AsyncResultSet.paging_state` left off); the
@@ -158,24 +188,37 @@ class AsyncCassandraSession:
         paging state to a web client only signed: see :mod:`async_cassandra.paging`.
         For large results use :meth:`execute_stream` (bounded memory).
 
-        The driver request timeout is the smaller of ``timeout`` and the time left
-        before the caller's anyio deadline. Every page after the first is waited for
-        at most ``timeout`` (or the driver session's ``default_timeout``) as well.
+        **Timeouts.** Each page may take the request's timeout, in seconds: ``timeout``
+        if given, else the execution profile's ``request_timeout`` (the driver's
+        default profile: 10 s). The first page's is also cut to the time left before
+        the caller's anyio deadline, so the driver gives up when the caller does. The
+        driver times only the first page; later pages are timed by us, with the same
+        timeout. A timeout raises :class:`TimeoutError` saying how long was waited.
+
+        Rows are made by the row factory in effect (the execution profile's or the
+        session's), on the event loop. With a factory that does not return a list of
+        rows (a pandas ``DataFrame`` per page), the result is one such object for all
+        pages, in :attr:`~AsyncResultSet.current_rows`.
+
+        ``trace=True`` also fetches the server's trace (in a worker thread) before
+        returning, for :meth:`AsyncResultSet.get_query_trace`.
 
         Cancellation returns at once and detaches from the request: CQL has no cancel
         message, so the server may still run it, and a cancelled write **may or may
         not have been applied**. Its late response is discarded.
 
-        Raises :class:`QueryError` (bad CQL, schema, parameters), :class:`TimeoutError`,
-        :class:`ConnectionError` (no host, closed session), each also an instance of
-        the driver's own exception class.
+        Raises :class:`QueryError` (bad CQL, schema, parameters: a parameter that cannot
+        be bound is named, with its column, type and the reason), :class:`TimeoutError`,
+        :class:`ConnectionError` (no host, closed session), each also an instance of the
+        driver's own exception class (or of ``TypeError``/``ValueError`` for bad
+        parameter values, as the driver raises them).
         """
-        request, first_page = await self.start_request(
+        request, first_page = await self._start_request(
             query,
             parameters,
-            timeout=timeout,
             trace=trace,
             custom_payload=custom_payload,
+            timeout=timeout,
             execution_profile=execution_profile,
             paging_state=paging_state,
             host=host,
@@ -183,28 +226,54 @@ class AsyncCassandraSession:
             prepare=prepare,
             fetch_size=fetch_size,
         )
+        try:
+            one_page = paging_state is not None or fetch_size is not None
+            rows = await self._rows_of(request, first_page, one_page=one_page)
+        finally:
+            request.detach()
         future = request.future
-        rows = page_rows(first_page)
-        if paging_state is None and fetch_size is None and future.has_more_pages:
-            # Later pages are not timed by the driver; give each a deadline of ours.
-            page_timeout = timeout if timeout is not None else self._session.default_timeout
-            portal = current_portal()
-            rows = list(rows)
-            while future.has_more_pages:
-                rows.extend(page_rows(await request.next_page(portal, page_timeout)))
-        request.detach()
+        trace_outcome: Any = None
+        if trace and _driver.was_traced(future):
+            # Fetched now, in a worker thread (the driver's fetch blocks), so that
+            # result.get_query_trace() needs no I/O, as 0.0.1 code calls it unawaited.
+            try:
+                trace_outcome = await self._resources.offloop.run(
+                    future.get_query_trace, self._session.max_trace_wait
+                )
+            except Exception as error:
+                trace_outcome = translate_driver_error(error)
         return AsyncResultSet(
-            rows, future, paging_state=future._paging_state, offloop=self._offloop
+            rows,
+            future,
+            paging_state=_driver.paging_state(future),
+            offloop=self._resources.offloop,
+            trace=trace_outcome,
         )
 
-    async def start_request(
+    async def _rows_of(self, request: DriverRequest, first_page: Any, *, one_page: bool) -> Any:
+        """The rows of the request: its first page, or every page."""
+        if first_page is None:
+            return []  # no rows at all (INSERT, DDL, USE)
+        future = request.future
+        names = _driver.column_names(future) or []
+        make_rows = rows_maker(request.row_factory)
+        if one_page or not future.has_more_pages:
+            return make_rows(names, first_page)
+        pages = JoinedPages(make_rows, names)
+        pages.add(first_page)
+        portal = current_portal()
+        while future.has_more_pages:
+            pages.add(await request.next_page(portal) or [])
+        return pages.result()
+
+    async def _start_request(
         self,
         query: str | Statement | PreparedStatement,
         parameters: Any = None,
         *,
-        timeout: float | None = None,
         trace: bool = False,
         custom_payload: dict[str, bytes] | None = None,
+        timeout: float | None = None,
         execution_profile: Any = EXEC_PROFILE_DEFAULT,
         paging_state: bytes | None = None,
         host: Any = None,
@@ -212,24 +281,24 @@ class AsyncCassandraSession:
         prepare: bool = False,
         fetch_size: int | None = None,
     ) -> tuple[DriverRequest, Any]:
-        """Send ``query`` and wait for its first page (the mechanism behind
-        :meth:`execute` and :meth:`execute_stream`; not public API)."""
+        """Send ``query`` and wait for its first page (raw rows, or None for a result
+        without rows): the mechanism behind :meth:`execute` and :meth:`execute_stream`."""
         session = self._check_open()
-        query = await self._resolve(query, parameters, prepare)
+        statement, parameters = await self._statement(query, parameters, prepare)
         if fetch_size is not None:
-            query, parameters = _with_fetch_size(query, parameters, fetch_size)
+            statement = _with_fetch_size(statement, fetch_size)
         portal = current_portal()
-        timeout_for_driver, deadline = driver_timeout(timeout)
         await self._limiter.acquire(portal)
         try:
-            # On the loop thread: execute_async only binds and queues the request on a
-            # connection; the in-flight bound keeps it from blocking on stream ids.
-            future = session.execute_async(
-                query,
+            # On the loop thread: binding and queueing the request on a connection are
+            # quick, and the in-flight bound keeps it from blocking on stream ids.
+            future = _driver.new_request(
+                session,
+                statement,
                 parameters,
                 trace,
                 custom_payload,
-                _NOT_SET if timeout_for_driver is None else timeout_for_driver,
+                _driver.NOT_SET if timeout is None else timeout,
                 execution_profile,
                 paging_state,
                 host,
@@ -237,8 +306,24 @@ class AsyncCassandraSession:
             )
         except BaseException as error:
             self._limiter.release()
-            raise translate_driver_error(error, hint=_binding_hint(error))  # noqa: B904
-        request = DriverRequest(future, self._limiter, portal, self._requests)
+            raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
+        # The timeout each page gets, as configured (timeout=, else the profile's);
+        # the first page's is also cut to the caller's deadline.
+        configured = future.timeout
+        future.timeout, deadline = driver_timeout(configured)
+        request = DriverRequest(
+            future,
+            self._limiter,
+            portal,
+            self._resources.requests,
+            row_factory=_driver.take_row_factory(future),
+            page_timeout=configured,
+        )
+        try:
+            _driver.send(session, future)
+        except BaseException as error:
+            request.abandon(ConnectionError("the request could not be sent"))
+            raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
         try:
             first_page = await request.page(deadline)
         except BaseException:
@@ -246,19 +331,61 @@ class AsyncCassandraSession:
             raise
         return request, first_page
 
+    async def _statement(self, query: Any, parameters: Any, prepare: bool) -> tuple[Any, Any]:
+        """``query`` with its parameters bound, before a request exists, so that a bad
+        parameter is reported as one (see _binding): a statement or a CQL string, and
+        the parameters left for the driver to bind (None but for a SimpleStatement)."""
+        if isinstance(query, str):
+            if prepare:
+                return await self._bind_cached(query, parameters), None
+            if parameters is None:
+                return query, None
+            if _uses_bind_markers(query):
+                raise bad_argument(
+                    "this CQL string uses ? or :name bind markers, which only prepared "
+                    "statements take: `stmt = await session.prepare(query)` then "
+                    "`await session.execute(stmt, parameters)`, or pass prepare=True "
+                    "(or use %s markers for a plain string)"
+                )
+            return bind_string(query, parameters, self._session.encoder), None
+        if isinstance(query, PreparedStatement):
+            return bind_prepared(query, parameters), None
+        if parameters is not None and isinstance(query, SimpleStatement):
+            # Checked here so that a mismatch is reported as one; the driver binds it
+            # into the statement (whose other settings a copy of ours could lose).
+            bind_string(query.query_string, parameters, self._session.encoder)
+        return query, parameters
+
+    async def _bind_cached(self, query: str, parameters: Any) -> BoundStatement:
+        keyspace = self._session.keyspace
+        prepared = self._prepared.get(keyspace, query)
+        if prepared is None:
+            prepared = await self._prepare(query, None, None, keyspace)
+            self._prepared.put(keyspace, query, prepared)
+            return bind_prepared(prepared, parameters)
+        try:
+            return bind_prepared(prepared, parameters)
+        except QueryError:
+            # The cached parameter types may predate a schema change the driver has
+            # not heard of yet (made by another client): prepare again, once.
+            self._prepared.discard(keyspace, query)
+            prepared = await self._prepare(query, None, None, keyspace)
+            self._prepared.put(keyspace, query, prepared)
+            return bind_prepared(prepared, parameters)
+
     async def execute_stream(
         self,
         query: str | Statement | PreparedStatement,
         parameters: Any = None,
-        *,
         stream_config: StreamConfig | None = None,
-        timeout: float | None = None,
         trace: bool = False,
         custom_payload: dict[str, bytes] | None = None,
+        timeout: float | None = None,
         execution_profile: Any = EXEC_PROFILE_DEFAULT,
         paging_state: bytes | None = None,
         host: Any = None,
         execute_as: str | None = None,
+        *,
         prepare: bool = False,
     ) -> AsyncStreamingResultSet:
         """Run ``query`` and stream its rows page by page, in bounded memory.
@@ -267,18 +394,30 @@ class AsyncCassandraSession:
         :class:`~async_cassandra.streaming.AsyncStreamingResultSet`: use it as ``async
         with await session.execute_stream(...) as stream: async for row in stream``.
         At most ``fetch_size * (1 + read_ahead)`` rows are held at any time; pages are
-        fetched as the consumer reads. See :class:`~async_cassandra.streaming.StreamConfig`.
+        fetched as the consumer reads. See :class:`~async_cassandra.streaming.StreamConfig`
+        (validated here, when the stream starts: it is a plain dataclass whose fields
+        may be set after it is made). Without a ``stream_config``, a statement's own
+        ``fetch_size`` (``create_streaming_statement``) is the page size.
 
-        The keywords are those of :meth:`execute`. Cancellation while waiting for the
-        first page detaches as for :meth:`execute`. Raises the same errors.
+        Each page may take ``stream_config.timeout_seconds``, else the request's timeout
+        (as for :meth:`execute`). The keywords are those of :meth:`execute`, in 0.0.1's
+        positional order. Cancellation while waiting for the first page detaches as for
+        :meth:`execute`. Raises the same errors.
         """
-        config = stream_config if stream_config is not None else StreamConfig()
-        request, first_page = await self.start_request(
+        if stream_config is None:
+            statement_fetch_size = getattr(query, "fetch_size", None)
+            if isinstance(statement_fetch_size, int) and statement_fetch_size > 0:
+                config = StreamConfig(fetch_size=statement_fetch_size)
+            else:
+                config = StreamConfig()
+        else:
+            config = stream_config.validated()
+        request, first_page = await self._start_request(
             query,
             parameters,
-            timeout=timeout,
             trace=trace,
             custom_payload=custom_payload,
+            timeout=timeout,
             execution_profile=execution_profile,
             paging_state=paging_state,
             host=host,
@@ -286,20 +425,37 @@ class AsyncCassandraSession:
             prepare=prepare,
             fetch_size=config.fetch_size,
         )
-        page_timeout = config.timeout_seconds
-        if page_timeout is None:
-            page_timeout = timeout if timeout is not None else self._session.default_timeout
-        return AsyncStreamingResultSet(
-            request, first_page, config, limiter=self._limiter, page_timeout=page_timeout
-        )
+        if config.timeout_seconds is not None:
+            request.page_timeout = config.timeout_seconds
+        try:
+            return AsyncStreamingResultSet(request, first_page, config, limiter=self._limiter)
+        except BaseException:
+            request.detach()
+            raise
 
-    async def execute_batch(self, batch: Statement, **kwargs: Any) -> AsyncResultSet:
-        """Run a ``BatchStatement``; the keywords are those of :meth:`execute`.
+    async def execute_batch(
+        self,
+        batch_statement: Statement,
+        trace: bool = False,
+        custom_payload: dict[str, bytes] | None = None,
+        timeout: float | None = None,
+        execution_profile: Any = EXEC_PROFILE_DEFAULT,
+        **kwargs: Any,
+    ) -> AsyncResultSet:
+        """Run a ``BatchStatement``; the arguments are 0.0.1's, and the other keywords of
+        :meth:`execute` are accepted too.
 
         Cancellation and errors as for :meth:`execute`: a cancelled batch may or may
         not have been applied (a LOGGED batch is applied whole or not at all).
         """
-        return await self.execute(batch, **kwargs)
+        return await self.execute(
+            batch_statement,
+            trace=trace,
+            custom_payload=custom_payload,
+            timeout=timeout,
+            execution_profile=execution_profile,
+            **kwargs,
+        )
 
     async def prepare(
         self,
@@ -309,53 +465,48 @@ class AsyncCassandraSession:
     ) -> PreparedStatement:
         """Prepare ``query`` on the cluster, without blocking the event loop.
 
-        The driver's prepare blocks its caller, so it runs in a worker thread. On
-        cancellation or ``timeout`` this returns at once; the worker finishes the
-        prepare by itself (it is harmless), and :meth:`close` waits for it. Raises
-        :class:`QueryError` for invalid CQL, :class:`TimeoutError`,
+        The driver's prepare blocks its caller, so it runs in a worker thread. It may
+        take ``timeout`` seconds (default: the driver session's ``default_timeout``, as
+        the driver's own prepare). On cancellation or timeout this returns at once; the
+        worker finishes the prepare by itself (it is harmless), and :meth:`close` waits
+        for it. Raises :class:`QueryError` for invalid CQL, :class:`TimeoutError`,
         :class:`ConnectionError`.
         """
+        return await self._prepare(query, custom_payload, timeout, None)
+
+    async def _prepare(
+        self,
+        query: str,
+        custom_payload: dict[str, bytes] | None,
+        timeout: float | None,
+        keyspace: str | None,
+    ) -> PreparedStatement:
         session = self._check_open()
+        limit = timeout if timeout is not None else session.default_timeout
         try:
-            with anyio.fail_after(timeout if timeout is not None else session.default_timeout):
-                return await self._offloop.run(session.prepare, query, custom_payload)
+            with anyio.move_on_after(limit) as scope:
+                return await self._resources.offloop.run(
+                    session.prepare, query, custom_payload, keyspace
+                )
         except Exception as error:
             raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
-
-    async def _resolve(self, query: Any, parameters: Any, prepare: bool) -> Any:
-        if not isinstance(query, str):
-            return query
-        if prepare:
-            return await self._cached_prepare(query)
-        if parameters is not None and _uses_bind_markers(query):
-            raise QueryError(
-                "this CQL string uses ? or :name bind markers, which only prepared "
-                "statements take: `stmt = await session.prepare(query)` then "
-                "`await session.execute(stmt, parameters)`, or pass prepare=True "
-                "(or use %s markers for a plain string)"
-            )
-        return query
-
-    async def _cached_prepare(self, query: str) -> PreparedStatement:
-        prepared = self._prepared.get(query)
-        if prepared is None:
-            prepared = await self.prepare(query)
-            self._prepared[query] = prepared
-            while len(self._prepared) > PREPARED_CACHE_SIZE:
-                self._prepared.popitem(last=False)
-        else:
-            self._prepared.move_to_end(query)
-        return prepared
+        assert scope.cancelled_caught
+        raise TimeoutError(
+            f"preparing {query!r:.100} did not finish within {limit:g} s; the server or "
+            "the connection is stalled (the prepare goes on in a worker thread)"
+        )
 
     async def set_keyspace(self, keyspace: str) -> None:
         """Make ``keyspace`` the default for this session's unqualified tables.
 
-        Raises :class:`QueryError` for a name that is not a valid keyspace name (before
-        any I/O) or a keyspace that does not exist. Cancelled, the switch may or may not
+        Raises :class:`QueryError` (also a ``ValueError``, as 0.0.1 raised) for a name
+        that is not a valid keyspace name, before any I/O, and :class:`QueryError` for a
+        keyspace that does not exist. Statements cached by ``prepare=True`` are keyed
+        on the keyspace, so they follow the switch. Cancelled, the switch may or may not
         have happened on the session's connections: set it again before relying on it.
         """
         if not isinstance(keyspace, str) or not _VALID_KEYSPACE.match(keyspace):
-            raise QueryError(
+            raise bad_argument(
                 f"{keyspace!r} is not a valid keyspace name: use 1 to 48 letters, digits "
                 "or underscores"
             )
@@ -363,31 +514,27 @@ class AsyncCassandraSession:
 
     # -- closing ---------------------------------------------------------------------
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """Close the session's connections. Idempotent; safe to call from any loop.
 
-        Runs shielded from cancellation, bounded by a timeout of its own, and off the
-        event loop (the driver's shutdown blocks). Requests still in flight, and streams
-        waiting for a page, fail at once with :class:`ConnectionError`.
+        Runs shielded from cancellation and off the event loop (the driver's shutdown
+        blocks). Requests still in flight, and streams waiting for a page, fail at once
+        with :class:`ConnectionError`. Closing waits for the worker threads the session
+        started (prepares and trace fetches abandoned by cancelled callers), ``timeout``
+        seconds at most in all; past that it raises :class:`TimeoutError` and the
+        driver's shutdown goes on in its thread (``async with`` logs this instead when
+        another exception is already leaving the block).
         """
-        if not self._mark_closed():
+        if not self._resources.mark_closed():
             return
-        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
-            await self._offloop.run(self._session.shutdown)
-            # Prepares and trace fetches abandoned by cancelled callers: ours to finish.
-            await self._offloop.wait_idle(CLOSE_TIMEOUT)
-
-    def _mark_closed(self) -> bool:
-        """Refuse new requests and fail those in flight; False if already closed."""
-        with self._close_lock:
-            if self._closed:
-                return False
-            self._closed = True
-        for request in list(self._requests):
-            request.abandon(
-                ConnectionError("the session was closed while this request was in flight")
+        resources = self._resources
+        if not await close_within(
+            timeout, resources.offloop, self._session.shutdown, "session shutdown"
+        ):
+            raise TimeoutError(
+                f"closing the session did not finish within {timeout:g} s; the driver's "
+                "shutdown goes on in a worker thread"
             )
-        return True
 
     async def __aenter__(self) -> AsyncCassandraSession:
         return self
@@ -398,38 +545,29 @@ class AsyncCassandraSession:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.close()
+        await close_in_exit(self.close, exc)
 
     def __repr__(self) -> str:
         state = "closed" if self.is_closed else "open"
         return f"<AsyncCassandraSession keyspace={self.keyspace!r} {state}>"
 
 
-def _binding_hint(error: BaseException) -> str | None:
-    # The driver binds parameters in plain Python: its TypeError/ValueError says what
-    # went wrong at the lowest level ("object of type 'int' has no len()"), not where.
-    if isinstance(error, (TypeError, ValueError)):
-        return (
-            "Could not bind the parameters to the query: pass a list or tuple (a dict "
-            "for named markers) with one value of the column's type per bind marker"
-        )
-    return None
+def open_session(
+    driver_session: DriverSession, *, max_concurrent_requests: int | None
+) -> tuple[AsyncCassandraSession, SessionResources]:
+    """A session for ``AsyncCluster.connect``, with the resources the cluster closes at
+    its shutdown (the driver's cluster shutdown closes the driver session too)."""
+    session = AsyncCassandraSession(driver_session, max_concurrent_requests=max_concurrent_requests)
+    return session, session._resources
 
 
-def _with_fetch_size(query: Any, parameters: Any, fetch_size: int) -> tuple[Any, Any]:
-    """``query`` as a statement paged by ``fetch_size``, leaving the caller's untouched."""
+def _with_fetch_size(statement: Any, fetch_size: int) -> Any:
+    """``statement`` paged by ``fetch_size``, leaving the caller's object untouched."""
     if isinstance(fetch_size, bool) or not isinstance(fetch_size, int) or fetch_size < 1:
-        raise QueryError(f"fetch_size must be a positive int, not {fetch_size!r}")
-    if isinstance(query, str):
-        return SimpleStatement(query, fetch_size=fetch_size), parameters
-    if isinstance(query, PreparedStatement):
-        try:
-            query = query.bind(parameters)
-        except Exception as error:
-            raise translate_driver_error(error, hint=_binding_hint(error))  # noqa: B904
-        parameters = None
-    else:
-        # A copy: the caller's statement object may be shared (module-level, reused).
-        query = copy.copy(query)
-    query.fetch_size = fetch_size
-    return query, parameters
+        raise bad_argument(f"fetch_size must be a positive int, not {fetch_size!r}")
+    if isinstance(statement, str):
+        return SimpleStatement(statement, fetch_size=fetch_size)
+    # A copy: the caller's statement object may be shared (module-level, reused).
+    statement = copy.copy(statement)
+    statement.fetch_size = fetch_size
+    return statement

@@ -21,6 +21,7 @@ stream.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -28,7 +29,6 @@ import warnings
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
 from itertools import repeat
 from operator import length_hint
 from types import TracebackType
@@ -36,12 +36,22 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from anyio.abc import ObjectSendStream
-from cassandra.query import SimpleStatement, tuple_factory
+from cassandra.query import SimpleStatement
 
+from . import _driver
 from ._portal import InFlightLimiter, Portal, current_portal
 from ._request import DriverRequest, page_rows
-from ._rows import RowPage, named_tuple_rows, new_row, row_class
-from .exceptions import TimeoutError, translate_driver_error
+from ._rows import (
+    RowPage,
+    as_row_list,
+    named_tuple_rows,
+    new_row,
+    not_a_row_list,
+    row_class,
+    rows_maker,
+)
+from .constants import DEFAULT_FETCH_SIZE
+from .exceptions import TimeoutError, bad_argument, translate_driver_error
 
 if TYPE_CHECKING:
     from ._backends import Waiter
@@ -56,39 +66,73 @@ __all__ = [
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass
 class StreamConfig:
-    """How a stream pages.
+    """How a stream pages: a plain dataclass, as in async-cassandra 0.0.1 (same fields in
+    the same order, then ours), whose fields may be set after it is made.
 
-    ``fetch_size``: rows per page. ``max_pages``: stop after this many pages (None: all).
-    ``page_callback(page_number, rows_in_page)``: called on the event-loop thread (never
-    a driver thread) as each page starts being consumed; an exception it raises ends the
-    stream with that exception. ``read_ahead``: pages fetched ahead of the consumer (0:
-    fetch only when asked). ``timeout_seconds``: how long each page may take to arrive,
-    counted from its request (default: the request timeout).
+    ``fetch_size``: rows per page. ``max_pages``: stop after this many pages, empty
+    ones included (None: all). ``page_callback(page_number, rows_in_page)``: called on
+    the event-loop thread (never a driver thread) as each page starts being consumed,
+    empty pages included (so an empty result calls it once, with ``(1, 0)``); an
+    exception it raises ends the stream with that exception. ``timeout_seconds``: how
+    long *each page* may take to arrive, counted from its request (default: the
+    request's timeout, see ``session.execute``). 0.0.1 documented it as a limit on the
+    whole stream but applied it per page, as here; for a limit on the whole stream, put
+    the stream in ``anyio.fail_after(...)``. ``read_ahead``: pages fetched ahead of the
+    consumer (0: fetch only when asked).
+
+    Checked when made and again when a stream starts (``execute_stream``), which uses
+    a copy: changing the config afterwards does not change a running stream. An invalid
+    value raises :class:`~async_cassandra.QueryError`, also a ``ValueError`` (or a
+    ``TypeError`` for a value of the wrong type).
     """
 
-    fetch_size: int = 1000
+    fetch_size: int = DEFAULT_FETCH_SIZE
     max_pages: int | None = None
     page_callback: Callable[[int, int], Any] | None = None
-    read_ahead: int = 1
     timeout_seconds: float | None = None
+    read_ahead: int = 1
 
     def __post_init__(self) -> None:
-        if isinstance(self.fetch_size, bool) or not isinstance(self.fetch_size, int):
-            raise TypeError(f"fetch_size must be an int, not {self.fetch_size!r}")
-        if self.fetch_size < 1:
-            raise ValueError(f"fetch_size must be at least 1, not {self.fetch_size}")
-        if self.max_pages is not None and self.max_pages < 1:
-            raise ValueError(f"max_pages must be at least 1 or None, not {self.max_pages}")
-        if self.read_ahead < 0:
-            raise ValueError(f"read_ahead must be 0 or more, not {self.read_ahead}")
-        if self.timeout_seconds is not None and self.timeout_seconds <= 0:
-            raise ValueError(f"timeout_seconds must be positive, not {self.timeout_seconds}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise QueryError (also ValueError or TypeError) for a value out of range."""
+        _check_int("fetch_size", self.fetch_size, minimum=1)
+        if self.max_pages is not None:
+            _check_int("max_pages", self.max_pages, minimum=1)
+        _check_int("read_ahead", self.read_ahead, minimum=0)
+        timeout = self.timeout_seconds
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+                raise bad_argument(
+                    f"timeout_seconds must be a number of seconds or None, not {timeout!r}",
+                    TypeError,
+                )
+            if not timeout > 0:
+                raise bad_argument(f"timeout_seconds must be positive, not {timeout}")
+        if self.page_callback is not None and not callable(self.page_callback):
+            raise bad_argument(
+                "page_callback must be callable(page_number, rows_in_page), not "
+                f"{self.page_callback!r}",
+                TypeError,
+            )
+
+    def validated(self) -> StreamConfig:
+        """A checked copy, for one stream."""
+        return dataclasses.replace(self)  # runs __post_init__, so validate()
+
+
+def _check_int(name: str, value: Any, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad_argument(f"{name} must be an int, not {value!r}", TypeError)
+    if value < minimum:
+        raise bad_argument(f"{name} must be at least {minimum}, not {value}")
 
 
 def create_streaming_statement(
-    query: str, fetch_size: int = 1000, consistency_level: Any = None
+    query: str, fetch_size: int = DEFAULT_FETCH_SIZE, consistency_level: Any = None
 ) -> SimpleStatement:
     """A ``SimpleStatement`` paged by ``fetch_size`` (kept for code written for 0.0.1)."""
     if consistency_level is None:
@@ -141,6 +185,12 @@ class AsyncStreamingResultSet:
     Iterating waits for the next page at most ``timeout_seconds`` (from its request);
     past that it raises :class:`~async_cassandra.TimeoutError` and closes the stream.
     Cancelling a consumer stops the stream from asking for more pages.
+
+    Every page the server sends counts, empty ones included (as in async-cassandra
+    0.0.1): :attr:`page_number` and ``page_callback`` see them, and an empty result is
+    one empty page. ``pages()`` skips empty pages. With a row factory that makes one
+    object per page (a pandas ``DataFrame``), read the stream with ``pages()``; ``async
+    for row`` then raises :class:`~async_cassandra.ConfigurationError`.
     """
 
     def __init__(
@@ -150,12 +200,12 @@ class AsyncStreamingResultSet:
         config: StreamConfig,
         *,
         limiter: InFlightLimiter,
-        page_timeout: float | None,
     ) -> None:
         self._request = request
         self._config = config
         self._limiter = limiter
-        self._page_timeout = page_timeout if page_timeout is not None else math.inf
+        timeout = request.page_timeout
+        self._page_timeout = timeout if timeout is not None else math.inf
         self._sink = _PageSink(self)
         self._portal: Portal = current_portal()
         # The page being consumed: _rows yields its rows in turn, _page_rows is the
@@ -165,9 +215,12 @@ class AsyncStreamingResultSet:
         self._page_rows: Iterator[Any] = iter(())
         self._rows: Iterator[Any] = self._page_rows
         self._row_class: Any = None  # the Row class when the page holds raw tuples
-        # Pages that arrived and wait for the consumer, with whether their rows are
-        # made yet (see _defer_row_making).
-        self._buffer: deque[tuple[Sequence[Any], bool]] = deque()
+        # The page as a row factory made it when that is not a list of rows (a
+        # DataFrame): handed out whole by pages(), never iterated as rows.
+        self._opaque: Any = None
+        # Pages that arrived and wait for the consumer: the decoder's raw rows (the
+        # driver hands every page over raw; rows are made here, see _rows).
+        self._buffer: deque[list[Any]] = deque()
         self._buffered_rows = 0
         # Shared with the driver's threads (which ask for the next page as one arrives,
         # see _arrived_on_driver_thread), under _lock: whether a page is in flight, how
@@ -175,7 +228,7 @@ class AsyncStreamingResultSet:
         # their way to the loop), and whether the consumer waits for a page.
         self._lock = threading.Lock()
         self._fetching = False
-        self._pages_ahead = 1 if page_rows(first_page) else 0
+        self._pages_ahead = 1  # the first page, not current yet
         self._consumer_waiting = False
         self._fetch_started = 0.0
         self._error: BaseException | None = None
@@ -185,8 +238,8 @@ class AsyncStreamingResultSet:
         self.total_rows_fetched = 0
         self.max_rows_held = 0
         self.empty_pages = 0
-        self._make_rows = self._defer_row_making()  # before any later page is asked for
-        self._page_arrived(first_page, made=True)
+        self._make_rows = rows_maker(request.row_factory)
+        self._page_arrived(first_page)
 
     # -- introspection ---------------------------------------------------------------
 
@@ -203,13 +256,11 @@ class AsyncStreamingResultSet:
     @property
     def paging_state(self) -> bytes | None:
         """The driver's paging state after the last page that arrived."""
-        state: bytes | None = self._request.future._paging_state
-        return state
+        return _driver.paging_state(self._request.future)
 
     @property
     def column_names(self) -> list[str] | None:
-        names: list[str] | None = self._request.future._col_names
-        return names
+        return _driver.column_names(self._request.future)
 
     @property
     def is_closed(self) -> bool:
@@ -228,10 +279,15 @@ class AsyncStreamingResultSet:
         return await self._first_row_of_next_page()
 
     async def _first_row_of_next_page(self) -> Any:
-        while await self._next_page():
+        while True:
+            if self._opaque is not None:
+                error = not_a_row_list(self._opaque, "`async for row in stream`")
+                await self.close()
+                raise error
+            if not await self._next_page():
+                raise StopAsyncIteration
             for row in self._rows:
                 return row
-        raise StopAsyncIteration
 
     def pages(self) -> _PageIterator:
         """Iterate whole pages (sequences of rows), starting with what remains of the
@@ -239,7 +295,8 @@ class AsyncStreamingResultSet:
 
         With the default row factory a page makes each ``Row`` as it is read, so rows
         you drop are freed at once (``list(page)`` gives a plain list); with a row
-        factory of your own, a page is the list it makes. Waiting for a page, raising
+        factory of your own, a page is what it makes (a list, or a ``DataFrame``...).
+        Empty pages are skipped. Waiting for a page, raising
         (:class:`~async_cassandra.TimeoutError`, driver errors) and cancellation are as
         for iterating rows.
         """
@@ -265,23 +322,6 @@ class AsyncStreamingResultSet:
                 await self.close()
 
     # -- paging: the loop thread unless said otherwise ------------------------------------
-
-    def _defer_row_making(self) -> Callable[[list[str], Any], Any]:
-        """Have the driver hand later pages over as raw tuples; return the row factory
-        that must then make their rows on the loop thread.
-
-        The driver applies the row factory on its reactor thread after decoding a page
-        and before its callback runs, so that work lies between the server's answer
-        and our request for the next page, where nothing overlaps it; made when the
-        consumer takes the page, it overlaps the server's work on the page requested
-        ahead. The first page was made by the driver: it arrived before this swap, and
-        no later page is requested before it (the driver itself swaps the factory of
-        a future in the same way for its internal queries).
-        """
-        future = self._request.future
-        make_rows: Callable[[list[str], Any], Any] = future.row_factory
-        future.row_factory = tuple_factory
-        return make_rows
 
     async def _next_page(self) -> bool:
         """Make the next page current; False when there are no more.
@@ -314,13 +354,19 @@ class AsyncStreamingResultSet:
             await self._wait_for_fetch()
 
     async def _take_buffered_page(self) -> None:
-        page, made = self._buffer.popleft()
-        self._buffered_rows -= len(page)
+        """Make the oldest buffered page current. Its rows are made here, on the loop
+        thread, where that overlaps the server's work on the page requested ahead (the
+        driver would make them on its reactor thread, between the server's answer and
+        our request for the next page, where nothing overlaps it)."""
+        raw = self._buffer.popleft()
+        self._buffered_rows -= len(raw)
         with self._lock:
             self._pages_ahead -= 1
         self._row_class = None
-        if not made:
-            names = self._request.future._col_names
+        self._opaque = None
+        page: Sequence[Any] = raw
+        if raw:
+            names = _driver.column_names(self._request.future) or []
             if self._make_rows is named_tuple_rows:
                 # Each row becomes a Row as the consumer takes it, so a consumer that
                 # drops its rows frees them at once: Rows held in a page survive
@@ -330,16 +376,23 @@ class AsyncStreamingResultSet:
                 # collector's first look at them.
                 self._row_class = row_class(names)
             else:
-                page = self._make_rows(names, page)
+                made = self._make_rows(names, raw)
+                rows = as_row_list(made)
+                if rows is None:
+                    self._opaque = made  # counted as its raw rows until handed out
+                else:
+                    page = rows
         self._page_rows = self._rows = iter(page)
         if self._row_class is not None:
             self._rows = map(new_row, repeat(self._row_class), self._page_rows)
+        elif self._opaque is not None:
+            self._rows = iter(())
         self.page_number += 1  # first: _maybe_fetch asks whether a page is current
         self._maybe_fetch()
         callback = self._config.page_callback
         if callback is not None:
             try:
-                callback(self.page_number, len(page))
+                callback(self.page_number, len(raw))
             except BaseException:
                 await self.close()
                 raise
@@ -347,11 +400,18 @@ class AsyncStreamingResultSet:
         # so a consumer with no awaits of its own still lets the loop run.
         await anyio.lowlevel.checkpoint()
 
-    def _take_rest(self) -> Sequence[Any]:
-        """Hand out the rest of the current page at once (see RowPage)."""
+    def _take_rest(self) -> Any | None:
+        """Hand out the rest of the current page at once (see RowPage); None when
+        nothing of it is left."""
+        if self._opaque is not None:
+            opaque, self._opaque = self._opaque, None
+            self._page_rows = iter(())
+            return opaque
         if self._row_class is None:
-            return list(self._rows)
-        return RowPage(list(self._page_rows), self._row_class)
+            rest = list(self._rows)
+            return rest or None
+        raw = list(self._page_rows)
+        return RowPage(raw, self._row_class) if raw else None
 
     async def _wait_for_fetch(self) -> None:
         waiter = self._consumer = self._portal.new_waiter()
@@ -370,7 +430,8 @@ class AsyncStreamingResultSet:
             raise TimeoutError(
                 f"page {self.pages_requested} of the stream did not arrive within "
                 f"{self._page_timeout:g} s of its request; the server or the connection "
-                "is stalled (StreamConfig.timeout_seconds sets this limit)"
+                "is stalled (StreamConfig.timeout_seconds sets this limit, else the "
+                "request's timeout)"
             )
 
     def _no_more_requests(self) -> bool:
@@ -443,23 +504,26 @@ class AsyncStreamingResultSet:
         """
         with self._lock:
             self._fetching = False
-            if error is None and rows:
+            if error is None:
                 self._pages_ahead += 1
         portal.deliver(self._sink, rows, error)
         if error is None and self._claim_fetch(current_done=False, slot_held=False):
             self._start_fetch()
 
-    def _page_arrived(self, rows: Any, *, made: bool = False) -> None:
+    def _page_arrived(self, rows: Any) -> None:
         # The loop thread, after _arrived_on_driver_thread (or for the first page).
         if self._closed:
             return
-        page: Sequence[Any] = page_rows(rows)
+        # The decoder's list; None for a result without rows (a streamed INSERT).
+        page: list[Any] = rows if isinstance(rows, list) else list(page_rows(rows))
         self.total_rows_fetched += len(page)
-        if page:
-            self._buffer.append((page, made))
-            self._buffered_rows += len(page)
-            self.max_rows_held = max(self.max_rows_held, self.rows_held)
-        else:  # an empty page mid-result (tombstones, filtering) does not end it
+        # Empty pages are pages too (counted, and given to page_callback): an empty
+        # result is one empty page, and one mid-result (tombstones, filtering) does
+        # not end it.
+        self._buffer.append(page)
+        self._buffered_rows += len(page)
+        self.max_rows_held = max(self.max_rows_held, self.rows_held)
+        if not page:
             self.empty_pages += 1
         self._maybe_fetch()
         self._wake_consumer()
@@ -481,6 +545,10 @@ class AsyncStreamingResultSet:
         self._release()
         await anyio.lowlevel.cancel_shielded_checkpoint()
 
+    async def cancel(self) -> None:
+        """Stop the stream: the same as :meth:`close` (async-cassandra 0.0.1's name)."""
+        await self.close()
+
     def _release(self) -> None:
         if self._closed:
             return
@@ -488,6 +556,7 @@ class AsyncStreamingResultSet:
         self._buffer.clear()
         self._buffered_rows = 0
         self._page_rows = self._rows = iter(())
+        self._opaque = None
         # Thread-safe: a page still in flight drops its callbacks when it finishes.
         self._request.detach()
         self._wake_consumer()
@@ -537,10 +606,10 @@ class _PageIterator:
     def __aiter__(self) -> _PageIterator:
         return self
 
-    async def __anext__(self) -> Sequence[Any]:
+    async def __anext__(self) -> Any:
         stream = self._stream
         rest = stream._take_rest()
-        while not rest:
+        while rest is None:
             if not await stream._next_page():
                 raise StopAsyncIteration
             rest = stream._take_rest()

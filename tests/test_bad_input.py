@@ -174,7 +174,7 @@ CASES: list[tuple[Callable[[Env], Awaitable[None]], type[Exception], type[Except
     (unknown_keyspace, QueryError, cassandra.InvalidRequest, "no_such_keyspace"),
     (too_many_parameters, QueryError, ValueError, "Too many arguments"),
     (too_few_parameters_for_a_plain_string, QueryError, TypeError, "not enough arguments"),
-    (wrong_parameter_type, QueryError, TypeError, "invalid type"),
+    (wrong_parameter_type, QueryError, TypeError, r'parameter 1 \("k", a CQL int\).*str'),
     (parameters_not_a_sequence, QueryError, TypeError, "Could not bind the parameters"),
     (question_mark_on_a_plain_string, QueryError, QueryError, "prepare"),
     (invalid_keyspace_name, QueryError, QueryError, "not a valid keyspace name"),

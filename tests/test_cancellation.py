@@ -78,13 +78,10 @@ async def test_deadline_becomes_the_driver_timeout(pausable_node: LocalCassandra
         await cluster.connect() as session,
     ):
         given_timeouts: list[float] = []
-        send = session.driver_session.execute_async
-
-        def recording_execute_async(*args: Any, **kwargs: Any) -> Any:
-            given_timeouts.append(args[4])  # the driver's `timeout` argument
-            return send(*args, **kwargs)
-
-        session.driver_session.execute_async = recording_execute_async
+        # The driver's hook, called with each request just before it is sent.
+        session.driver_session.add_request_init_listener(
+            lambda future: given_timeouts.append(future.timeout)
+        )
         pausable_node.pause()  # the server cannot answer now
         try:
             began = time.perf_counter()
@@ -127,14 +124,13 @@ async def test_overload_waits_as_an_await(cassandra_node: Any, ks: str) -> None:
         await session.execute(f"CREATE TABLE {ks}.kv (k int PRIMARY KEY, v int)")
         in_flight_at_send: list[int] = []
         waiting_seen: list[int] = []
-        send = session.driver_session.execute_async
 
-        def recording_execute_async(*args: Any, **kwargs: Any) -> Any:
+        def record(future: Any) -> None:
+            # The driver's hook, called with each request just before it is sent.
             in_flight_at_send.append(session.requests_in_flight)
             waiting_seen.append(session.requests_waiting)
-            return send(*args, **kwargs)
 
-        session.driver_session.execute_async = recording_execute_async
+        session.driver_session.add_request_init_listener(record)
         insert = await session.prepare(f"INSERT INTO {ks}.kv (k, v) VALUES (?, ?)")
         async with anyio.create_task_group() as group:
             for k in range(200):

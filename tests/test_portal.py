@@ -199,10 +199,10 @@ async def fake_stream(pages: list[list[int]], config: StreamConfig) -> FakeStrea
     portal = current_portal()
     future = FakeResponseFuture(pages)
     await limiter.acquire(portal)
-    request = DriverRequest(future, limiter, portal, registry)  # type: ignore[arg-type]
+    request = DriverRequest(future, limiter, portal, registry, page_timeout=5)  # type: ignore[arg-type]
     in_thread(future.complete)
     first = await request.page()
-    stream = AsyncStreamingResultSet(request, first, config, limiter=limiter, page_timeout=5)
+    stream = AsyncStreamingResultSet(request, first, config, limiter=limiter)
     return FakeStream(stream, request, future, limiter, registry)
 
 

@@ -171,11 +171,11 @@ async def test_prepare_true_prepares_once_through_the_cache(
     query = f"SELECT name FROM {users} WHERE id = ?"
     with pytest.raises(QueryError, match="prepare"):
         await session.execute(query, [1])
+    cached = session.prepared_statements_cached
     first = await session.execute(query, [1], prepare=True)
     second = await session.execute(query, [2], prepare=True)
     assert (first.one().name, second.one().name) == ("user1", "user2")
-    assert query in session._prepared
-    assert sum(1 for q in session._prepared if q == query) == 1
+    assert session.prepared_statements_cached == cached + 1
 
 
 async def test_row_factory_of_the_driver_session_is_honoured(
