@@ -1,8 +1,9 @@
 """Project tasks. `python3 -m pip install nox` once, then `python3 -m nox -s <name>`.
 
-- tests: the whole suite, both backends, against a Cassandra 5.0.8 node it starts.
-- demo:  the main job: start a local node, write and read rows on asyncio and trio.
 - lint:  ruff check, ruff format --check, mypy --strict.
+- tests: the whole suite, both backends, against a Cassandra 5.0.8 node it starts.
+  `nox -s lint tests` (also plain `nox`) is the README's test command, which CI runs.
+- demo:  the main job: start a local node, write and read rows on asyncio and trio.
 - bench: the benchmarks (figures to bench-results/).
 """
 
