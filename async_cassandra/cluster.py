@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import cassandra.cluster
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import Cluster as DriverCluster
@@ -222,6 +223,7 @@ class AsyncCluster:
         made by another client) visible at once. Cancellation abandons the worker
         thread, which finishes the refresh by itself (:meth:`shutdown` waits for it).
         """
+        await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled scope sends nothing
         try:
             await self._offloop.run(
                 self._cluster.refresh_schema_metadata, max_schema_agreement_wait
@@ -278,6 +280,7 @@ class AsyncCluster:
         # Connecting does several round trips per host plus schema reads; a bound keeps a
         # forgotten firewall rule from hanging start-up forever.
         limit = timeout if timeout is not None else DEFAULT_CONNECTION_TIMEOUT
+        await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled scope connects nothing
         try:
             with anyio.move_on_after(limit) as scope:
                 try:

@@ -6,6 +6,7 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import anyio.lowlevel
 from cassandra.cluster import ResponseFuture
 from cassandra.query import BatchStatement, QueryTrace
 
@@ -181,6 +182,7 @@ class AsyncResultSet:
         future = self._future
         if future is None or not _driver.was_traced(future):
             return None
+        await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled scope sends nothing
         try:
             self._trace = await self._offloop.run(future.get_query_trace, max_wait)
         except Exception as error:

@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from cassandra.cluster import EXEC_PROFILE_DEFAULT
 from cassandra.cluster import Session as DriverSession
 from cassandra.query import BoundStatement, PreparedStatement, SimpleStatement, Statement
@@ -19,7 +20,7 @@ from ._portal import InFlightLimiter, current_portal
 from ._prepared_cache import PreparedCache
 from ._request import DriverRequest, driver_timeout
 from ._resources import CLOSE_TIMEOUT, SessionResources, close_in_exit, close_within
-from ._rows import JoinedPages, rows_maker
+from ._rows import JoinedPages, as_row_list, rows_maker
 from .exceptions import (
     ConfigurationError,
     ConnectionError,
@@ -95,6 +96,7 @@ class AsyncCassandraSession:
         Raises as :meth:`AsyncCluster.connect` does (:class:`ConnectionError`,
         :class:`QueryError` for an unknown keyspace, ...).
         """
+        await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled scope connects nothing
         try:
             driver_session = await OffLoopCalls().run(cluster.connect, keyspace)
         except Exception as error:
@@ -258,7 +260,9 @@ class AsyncCassandraSession:
         names = _driver.column_names(future) or []
         make_rows = rows_maker(request.row_factory)
         if one_page or not future.has_more_pages:
-            return make_rows(names, first_page)
+            made = make_rows(names, first_page)
+            rows = as_row_list(made)  # a generator's rows, say
+            return made if rows is None else rows
         pages = JoinedPages(make_rows, names)
         pages.add(first_page)
         portal = current_portal()
@@ -289,6 +293,13 @@ class AsyncCassandraSession:
             statement = _with_fetch_size(statement, fetch_size)
         portal = current_portal()
         await self._limiter.acquire(portal)
+        try:
+            # A call in a cancelled scope (or past its deadline) does nothing: checked
+            # last before the request goes out, after every await that came before.
+            await anyio.lowlevel.checkpoint_if_cancelled()
+        except BaseException:
+            self._limiter.release()
+            raise
         try:
             # On the loop thread: binding and queueing the request on a connection are
             # quick, and the in-flight bound keeps it from blocking on stream ids.
@@ -483,6 +494,7 @@ class AsyncCassandraSession:
     ) -> PreparedStatement:
         session = self._check_open()
         limit = timeout if timeout is not None else session.default_timeout
+        await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled scope sends nothing
         try:
             with anyio.move_on_after(limit) as scope:
                 return await self._resources.offloop.run(

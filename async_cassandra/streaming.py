@@ -279,6 +279,8 @@ class AsyncStreamingResultSet:
         return await self._first_row_of_next_page()
 
     async def _first_row_of_next_page(self) -> Any:
+        # Moving to the next page may ask for another: not from a cancelled scope.
+        await anyio.lowlevel.checkpoint_if_cancelled()
         while True:
             if self._opaque is not None:
                 error = not_a_row_list(self._opaque, "`async for row in stream`")
@@ -608,6 +610,7 @@ class _PageIterator:
 
     async def __anext__(self) -> Any:
         stream = self._stream
+        await anyio.lowlevel.checkpoint_if_cancelled()  # may ask for a page: see above
         rest = stream._take_rest()
         while rest is None:
             if not await stream._next_page():

@@ -152,6 +152,9 @@ async def test_list_factories_join_pages_and_stream_rows(
         result = await session.execute(query, execution_profile=profile)
         assert [as_pair(row) for row in result] == expected
         assert len(result) == ROWS
+        one_page = await session.execute(f"SELECT c, v FROM {nums}", execution_profile=profile)
+        assert [as_pair(row) for row in one_page] == expected
+        assert as_pair(one_page.one()) == expected[0]
         async with await session.execute_stream(
             f"SELECT c, v FROM {nums}", None, StreamConfig(fetch_size=10), execution_profile=profile
         ) as stream:
