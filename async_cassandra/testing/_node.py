@@ -29,14 +29,28 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from ._maven import LauncherError, cache_dir, cassandra_lib
+
+if TYPE_CHECKING:
+    from cassandra.cluster import Cluster, Session
 
 __all__ = ["LauncherError", "LocalCassandra"]
 
 _MAIN_CLASS = "org.apache.cassandra.service.CassandraDaemon"
 _READY_LINE = "Starting listening for CQL clients on /{address}:{port}"
 _SUPERUSER_LINE = "Created default superuser role 'cassandra'"
+# A node's view of another, as a client reads it. The driver takes the hosts it knows from
+# the system.peers_v2 of the one node its control connection is on, and skips a row that
+# lacks any of these columns (ControlConnection._is_valid_peer in cassandra/cluster.py).
+_PEERS_QUERY = (
+    "SELECT peer, native_address, host_id, data_center, rack, tokens FROM system.peers_v2"
+)
+_PEER_COLUMNS = ("native_address", "host_id", "data_center", "rack", "tokens")
+# Gossip's verdict on a peer, which CQL does not show: Gossiper.realMarkAlive / markDead
+# log it. A coordinator that holds a peer down answers Unavailable at QUORUM / ALL.
+_UP_DOWN_LINE = re.compile(r"InetAddress \S*/([0-9.]+):\d+ is now (UP|DOWN)")
 # Every node directory we create holds this file; we only ever delete directories that
 # have it, so a corrupted or hand-edited pid file can't make us remove someone's data.
 _NODE_MARKER = "async-cassandra-node"
@@ -585,7 +599,7 @@ class LocalCassandra:
         # False only for the CLI's nodes: no owning process, so never "stale".
         self._record_owner = True
         self.start_seconds: float | None = None
-        """Seconds from launching the JVMs to every node accepting CQL connections."""
+        """Seconds from launching the JVMs to the cluster being formed (see :meth:`start`)."""
 
     # ---------------------------------------------------------------- properties
 
@@ -684,7 +698,10 @@ class LocalCassandra:
         return f"<LocalCassandra {points}:{self._opts.native_port} {state}>"
 
     def start(self) -> LocalCassandra:
-        """Start every node and wait until all accept CQL connections.
+        """Start every node and wait until all accept CQL connections and, with several
+        nodes, until they form one cluster as any client sees it: whichever node a driver
+        connects to lists every other node, usable, in its ``system.peers_v2``, and holds
+        it up.
 
         Raises :class:`LauncherError` (with the log tail) if a node exits or is not ready
         within ``startup_timeout``; whatever was started is stopped again then, and also
@@ -978,14 +995,8 @@ class LocalCassandra:
         carry = dict.fromkeys(range(len(self._nodes)), "")
         superuser = not opts.auth
         while True:
+            self._raise_if_exited()
             for node in self._nodes:
-                assert node.proc is not None
-                code = node.proc.poll()
-                if code is not None:
-                    raise LauncherError(
-                        f"Cassandra node on {node.address} exited with code {code} during "
-                        f"start-up; last lines of its log:\n{node.tail(40)}"
-                    )
                 if node.ready and superuser:
                     continue
                 text = self._read_new(node, offsets, carry)
@@ -1012,48 +1023,117 @@ class LocalCassandra:
                 )
             time.sleep(0.1)
 
+    def _raise_if_exited(self) -> None:
+        for node in self._nodes:
+            assert node.proc is not None
+            code = node.proc.poll()
+            if code is not None:
+                raise LauncherError(
+                    f"Cassandra node on {node.address} exited with code {code} during "
+                    f"start-up; last lines of its log:\n{node.tail(40)}"
+                )
+
     def _wait_until_formed(self, began: float) -> None:
-        """Wait until a client sees every node of the cluster up.
+        """Wait until a client sees every node up, whichever node it connects to.
 
-        Each node answers CQL before gossip has told it about the others: a driver
-        connecting at that moment reads an incomplete ``system.peers`` and sees fewer
-        hosts. A driver of our own watches the topology until all are there and up.
+        The nodes start together, so each one's first gossip round finds no peer ready
+        ("Unable to gossip with any peers"): each starts as a ring of its own, opens its
+        CQL port, and learns of the others by gossip a second or more later, each at its
+        own pace. A driver reads the topology from the one node its control connection is
+        on, so one client seeing all nodes says nothing of the next client, connected to
+        another node. Every node is therefore asked directly, over a connection of its
+        own, until each lists every other in ``system.peers_v2`` with the columns the
+        driver needs, and its gossip holds each of them up.
         """
-        from cassandra.auth import PlainTextAuthProvider
-        from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
-        from cassandra.policies import RoundRobinPolicy
-
         opts = self._opts
         deadline = began + opts.startup_timeout
-        profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy())
-        probe = Cluster(
-            self.contact_points,
-            port=opts.native_port,
-            protocol_version=5,  # Cassandra 5.0: no negotiation, no downgrade warnings
-            execution_profiles={EXEC_PROFILE_DEFAULT: profile},
-            auth_provider=(
-                PlainTextAuthProvider(self.username, self.password) if opts.auth else None
-            ),
-            ssl_context=self.ssl_context() if opts.tls else None,
-        )
+        clients: dict[str, tuple[Cluster, Session]] = {}
+        # Gossip's UP / DOWN lines, read from each log as it grows.
+        offsets = dict.fromkeys(range(len(self._nodes)), 0)
+        carry = dict.fromkeys(range(len(self._nodes)), "")
+        up: dict[str, set[str]] = {node.address: set() for node in self._nodes}
         try:
-            probe.connect()
             while True:
-                hosts = probe.metadata.all_hosts()
-                if sorted(h.address for h in hosts) == sorted(self.addresses) and all(
-                    h.is_up for h in hosts
-                ):
+                self._raise_if_exited()
+                gaps: list[str] = []
+                for node in self._nodes:
+                    text = self._read_new(node, offsets, carry)
+                    # In log order, so the last word on a peer wins; lines carried over
+                    # from the previous read repeat in order, which changes nothing.
+                    for address, state in _UP_DOWN_LINE.findall(text):
+                        if state == "UP":
+                            up[node.address].add(address)
+                        else:
+                            up[node.address].discard(address)
+                    gaps += self._view_gaps(node, clients, up[node.address])
+                if not gaps:
                     return
                 if time.monotonic() > deadline:
-                    seen = sorted(h.address for h in hosts if h.is_up)
                     raise LauncherError(
-                        f"the {len(self._nodes)} nodes answer CQL but a client sees only "
-                        f"{seen} up after {opts.startup_timeout:.0f} s; the nodes did not "
-                        f"form one cluster. Last lines of the logs:\n{self.log_tail(40)}"
+                        f"the {len(self._nodes)} nodes started but did not form one "
+                        f"cluster within {opts.startup_timeout:.0f} s: "
+                        f"{'; '.join(gaps)}. Last lines of the logs:\n{self.log_tail(40)}"
                     )
                 time.sleep(0.2)
         finally:
-            probe.shutdown()
+            for cluster, _ in clients.values():
+                cluster.shutdown()
+
+    def _view_gaps(
+        self, node: _Node, clients: dict[str, tuple[Cluster, Session]], up: set[str]
+    ) -> list[str]:
+        """What a client connected to ``node`` would not see of the other nodes yet."""
+        from cassandra.auth import PlainTextAuthProvider
+        from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+        from cassandra.policies import WhiteListRoundRobinPolicy
+
+        opts = self._opts
+        if node.address not in clients:
+            # Pinned to this one node: the control connection and the only pool are there,
+            # and the other nodes it learns of are ignored, so the peers read are its own.
+            policy = WhiteListRoundRobinPolicy([node.address])
+            cluster = Cluster(
+                [node.address],
+                port=opts.native_port,
+                protocol_version=5,  # Cassandra 5.0: no negotiation, no downgrade warnings
+                execution_profiles={
+                    EXEC_PROFILE_DEFAULT: ExecutionProfile(
+                        load_balancing_policy=policy, request_timeout=5.0
+                    )
+                },
+                # Only peers_v2 is read: no schema or token map to build for each probe.
+                schema_metadata_enabled=False,
+                token_metadata_enabled=False,
+                auth_provider=(
+                    PlainTextAuthProvider(self.username, self.password) if opts.auth else None
+                ),
+                ssl_context=self.ssl_context() if opts.tls else None,
+            )
+            try:
+                clients[node.address] = (cluster, cluster.connect())
+            except Exception as error:  # NoHostAvailable and kin: try again next round
+                cluster.shutdown()
+                return [f"{node.address} refuses a CQL connection ({error})"]
+        session = clients[node.address][1]
+        try:
+            rows = list(session.execute(_PEERS_QUERY))
+        except Exception as error:  # a timeout or a dropped connection: ask again
+            return [f"{node.address} does not answer {_PEERS_QUERY!r} ({error})"]
+        lacks = {str(row.peer): [c for c in _PEER_COLUMNS if not getattr(row, c)] for row in rows}
+        gaps = []
+        for other in self._addresses:
+            if other == node.address:
+                continue
+            if other not in lacks:
+                gaps.append(f"{node.address} does not list {other} in system.peers_v2")
+            elif lacks[other]:
+                gaps.append(
+                    f"{node.address} lists {other} without {', '.join(lacks[other])}, so a "
+                    "driver ignores it"
+                )
+            elif other not in up:
+                gaps.append(f"{node.address} does not hold {other} up (gossip)")
+        return gaps
 
     @staticmethod
     def _read_new(node: _Node, offsets: dict[int, int], carry: dict[int, str]) -> str:
