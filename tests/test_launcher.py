@@ -78,31 +78,44 @@ def test_three_node_cluster(make_cluster: MakeCluster) -> None:
         assert '"seeds": "127.0.0.2:7000,127.0.0.3:7000,127.0.0.4:7000"' in yaml
         assert 'initial_token: "-3074457345618258603"' in yaml
 
-        driver = make_cluster(["127.0.0.2"])
-        session = driver.connect()
-        hosts = driver.metadata.all_hosts()
-        assert sorted(host.address for host in hosts) == cluster.addresses
-        assert all(host.is_up for host in hosts)
+        # A driver learns the cluster from the one node it connects to: whichever that
+        # is, it must see all three up as soon as start() returns. Every driver is shut
+        # down before the nodes stop, even on a failed assert: one left connected to
+        # stopping nodes logs "marked down" / "Connection refused" over the real failure.
+        for address in cluster.addresses:
+            driver = make_cluster([address])
+            try:
+                driver.connect()
+                hosts = driver.metadata.all_hosts()
+                assert sorted(host.address for host in hosts) == cluster.addresses, address
+                assert all(host.is_up for host in hosts), address
+            finally:
+                driver.shutdown()
 
-        session.execute(
-            "CREATE KEYSPACE rf3 WITH replication = "
-            "{'class': 'SimpleStrategy', 'replication_factor': 3}"
-        )
-        session.execute("CREATE TABLE rf3.t (k int PRIMARY KEY, v text)")
-        insert = SimpleStatement(
-            "INSERT INTO rf3.t (k, v) VALUES (%s, %s)", consistency_level=ConsistencyLevel.QUORUM
-        )
-        for k in range(20):
-            session.execute(insert, (k, f"v{k}"))
-        select = SimpleStatement(
-            "SELECT k, v FROM rf3.t WHERE k = %s", consistency_level=ConsistencyLevel.QUORUM
-        )
-        assert session.execute(select, (7,)).one().v == "v7"
-        count = SimpleStatement(
-            "SELECT count(*) FROM rf3.t", consistency_level=ConsistencyLevel.ALL
-        )
-        assert session.execute(count).one()[0] == 20
-        driver.shutdown()
+        driver = make_cluster(["127.0.0.2"])
+        try:
+            session = driver.connect()
+            session.execute(
+                "CREATE KEYSPACE rf3 WITH replication = "
+                "{'class': 'SimpleStrategy', 'replication_factor': 3}"
+            )
+            session.execute("CREATE TABLE rf3.t (k int PRIMARY KEY, v text)")
+            insert = SimpleStatement(
+                "INSERT INTO rf3.t (k, v) VALUES (%s, %s)",
+                consistency_level=ConsistencyLevel.QUORUM,
+            )
+            for k in range(20):
+                session.execute(insert, (k, f"v{k}"))
+            select = SimpleStatement(
+                "SELECT k, v FROM rf3.t WHERE k = %s", consistency_level=ConsistencyLevel.QUORUM
+            )
+            assert session.execute(select, (7,)).one().v == "v7"
+            count = SimpleStatement(
+                "SELECT count(*) FROM rf3.t", consistency_level=ConsistencyLevel.ALL
+            )
+            assert session.execute(count).one()[0] == 20
+        finally:
+            driver.shutdown()
 
     assert not any(_alive(pid) for pid in pids)
     assert not any(path.exists() for path in dirs)
