@@ -140,7 +140,7 @@ def _failing_value(
         try:
             column.type.serialize(value, prepared.protocol_version)
         except Exception as reason:
-            return index, column.name, column.type.cql_parameterized_type(), value, reason
+            return index, column.name, _cql_name(column.type), value, reason
     return None
 
 
@@ -164,7 +164,11 @@ def _describe_markers(prepared: PreparedStatement) -> str:
     columns = prepared.column_metadata or []
     if not columns:
         return "no parameters"
-    described = ", ".join(
-        f"{column.name} {column.type.cql_parameterized_type()}" for column in columns
-    )
+    described = ", ".join(f"{column.name} {_cql_name(column.type)}" for column in columns)
     return f"{len(columns)} value{'s' if len(columns) != 1 else ''}: ({described})"
+
+
+def _cql_name(cql_type: Any) -> str:
+    # The driver calls text "varchar" (the same type); tables are usually declared text.
+    name: str = cql_type.cql_parameterized_type()
+    return "text" if name == "varchar" else name

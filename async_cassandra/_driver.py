@@ -14,13 +14,17 @@ from cassandra.cluster import _NOT_SET, ResponseFuture
 from cassandra.cluster import Session as DriverSession
 from cassandra.query import tuple_factory
 
+from .exceptions import bad_argument
+
 __all__ = [
     "NOT_SET",
+    "check_sendable",
     "column_names",
     "column_types",
     "new_request",
     "paging_state",
     "send",
+    "server_warnings",
     "take_row_factory",
     "was_traced",
 ]
@@ -95,6 +99,109 @@ def column_types(future: ResponseFuture) -> list[Any] | None:
     return types
 
 
+def server_warnings(future: ResponseFuture) -> list[str]:
+    """The warnings the server sent with the page that just arrived (batch too large,
+    tombstones read, ...). The driver keeps only the last page's, and has logged them
+    already as it decoded the page."""
+    return list(getattr(future, "_warnings", None) or ())
+
+
 def was_traced(future: ResponseFuture) -> bool:
     """Whether the server traced the request (the driver keeps the trace ids)."""
     return bool(getattr(future, "_query_traces", None))
+
+
+# -- what the driver encodes only when the request already holds a stream id ------------
+#
+# The driver encodes a request's message after taking one of the connection's stream
+# ids for it; if encoding fails there (text that is not valid Unicode, a str where bytes
+# belong, a consistency level that is not an int), the id is never given back, and the
+# failure comes back as NoHostAvailable: "retrying later may succeed", and after 32,768
+# such failures every request on that connection fails. So everything encoded then is
+# checked here first, on the message the driver built.
+
+_INT32 = 2**31
+
+
+def check_sendable(future: ResponseFuture) -> None:
+    """Raise QueryError (also TypeError or ValueError) for a part of ``future``'s message
+    the driver could not encode, before anything is sent."""
+    message = future.message
+    query = getattr(message, "query", None)
+    if query is not None:  # a QUERY: the CQL text, with a plain string's parameters in it
+        _check_text(query, "the CQL text (with the %s parameters of a plain string in it)")
+    for entry in getattr(message, "queries", None) or ():  # a BATCH
+        prepared, string_or_id, _values = entry
+        if not prepared:
+            _check_text(string_or_id, "the CQL text of a statement in the batch")
+    _check_consistency(message.consistency_level, "consistency_level")
+    if message.serial_consistency_level is not None:
+        _check_consistency(message.serial_consistency_level, "serial_consistency_level")
+    fetch_size = getattr(message, "fetch_size", None)
+    if fetch_size is not None and (
+        isinstance(fetch_size, bool) or not isinstance(fetch_size, int) or abs(fetch_size) >= _INT32
+    ):
+        raise bad_argument(
+            f"the statement's fetch_size must be an int or None, not {fetch_size!r}", TypeError
+        )
+    state = getattr(message, "paging_state", None)
+    if state is not None and not isinstance(state, bytes):
+        raise bad_argument(
+            f"paging_state must be the bytes a result's paging_state gave, not "
+            f"{type(state).__name__}; to hand one to a web client, sign it with "
+            "async_cassandra.paging.PagingTokenSigner",
+            TypeError,
+        )
+    if message.keyspace is not None:
+        _check_text(message.keyspace, "the statement's keyspace")
+    payload = message.custom_payload
+    if payload:
+        _check_payload(payload)
+
+
+def _check_text(text: object, what: str) -> None:
+    if not isinstance(text, str):
+        raise bad_argument(f"{what} must be a str, not {type(text).__name__}", TypeError)
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = text[error.start : error.end]
+        raise bad_argument(  # noqa: B904 - the cause is set by bad_argument
+            f"{what} cannot be sent: it holds {bad!r} at position {error.start}, a lone "
+            "surrogate, which UTF-8 cannot encode (decoding bytes with "
+            "errors='surrogateescape' leaves them); pass valid text, or bytes for a blob",
+            ValueError,
+            cause=error,
+        )  # the cause is set by bad_argument
+
+
+def _check_consistency(level: object, name: str) -> None:
+    if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 0xFFFF:
+        raise bad_argument(
+            f"{name} must be a cassandra.ConsistencyLevel value (an int, such as "
+            f"ConsistencyLevel.QUORUM), not {level!r}",
+            TypeError,
+        )
+
+
+def _check_payload(payload: object) -> None:
+    if not isinstance(payload, dict):
+        raise bad_argument(
+            f"custom_payload must be a dict of str keys to bytes values, not "
+            f"{type(payload).__name__}",
+            TypeError,
+        )
+    for key, value in payload.items():
+        if not isinstance(key, str):
+            raise bad_argument(
+                f"custom_payload keys must be str, not {type(key).__name__} ({key!r})", TypeError
+            )
+        _check_text(key, f"the custom_payload key {key!r}")
+        if not isinstance(value, bytes):
+            raise bad_argument(
+                f"custom_payload[{key!r}] must be bytes, not {type(value).__name__}: encode "
+                "it (for text, value.encode())",
+                TypeError,
+            )

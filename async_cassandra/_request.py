@@ -14,9 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-from cassandra import OperationTimedOut
+from cassandra import InvalidRequest, OperationTimedOut
 from cassandra.cluster import ResponseFuture
 
+from . import _driver
 from ._backends import Waiter
 from ._portal import InFlightLimiter, Portal
 from .exceptions import TimeoutError, translate_driver_error
@@ -98,6 +99,7 @@ class DriverRequest:
         "page_timeout",
         "pages_requested",
         "row_factory",
+        "warnings",
     )
 
     def __init__(
@@ -117,6 +119,9 @@ class DriverRequest:
         # How long each page after the first may take (None: no limit): the timeout
         # the first page had before any caller's deadline shortened it.
         self.page_timeout = page_timeout
+        # The server's warnings, every page's in order: appended on the driver's thread
+        # before the page is handed over, so whoever got the page sees its warnings.
+        self.warnings: list[str] = []
         self._limiter = limiter
         self._portal = portal
         self._registry = registry
@@ -150,6 +155,8 @@ class DriverRequest:
             return  # abandon() already finished this page for us
         waiter, portal, on_arrival, detached = taken
         self._limiter.release()
+        if error is None:
+            self.warnings.extend(_driver.server_warnings(self.future))
         if detached:
             self._retire()  # nobody waits: drop the result and our callbacks
         else:
@@ -206,12 +213,15 @@ class DriverRequest:
             raise
         except Exception as error:
             await surface_deadline(error, deadline)
-            raise translate_driver_error(error, hint=self._timeout_hint(error))  # noqa: B904
+            raise translate_driver_error(error, hint=self._hint(error))  # noqa: B904
 
-    def _timeout_hint(self, error: BaseException) -> str | None:
-        # The driver's OperationTimedOut says only "errors={...}, last_host=...".
+    def _hint(self, error: BaseException) -> str | None:
+        """What the caller can do about ``error``, where the driver's message omits it."""
+        if isinstance(error, InvalidRequest) and "disable paging" in str(error):
+            return "execute(..., fetch_size=0) runs the statement unpaged"
         if not isinstance(error, OperationTimedOut):
             return None
+        # The driver's OperationTimedOut says only "errors={...}, last_host=...".
         timeout = self.future.timeout
         within = f"within {timeout:g} s " if isinstance(timeout, (int, float)) else ""
         return (

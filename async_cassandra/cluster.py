@@ -89,6 +89,50 @@ def _protocol_error(version: int, *, negotiated: bool) -> ConfigurationError:
     )
 
 
+def _check_options(
+    *,
+    contact_points: Any,
+    port: Any,
+    executor_threads: Any,
+    max_concurrent_requests: Any,
+    seconds: dict[str, Any],
+) -> None:
+    """Refuse, in the constructor, options the driver would only trip over in connect()
+    (or never: it iterates a str of contact points letter by letter)."""
+
+    def is_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if contact_points is not None and (
+        isinstance(contact_points, (str, bytes))
+        or not all(isinstance(point, str) for point in contact_points)
+    ):
+        raise ConfigurationError(
+            f"contact_points must be a list of host names or addresses, such as "
+            f"['127.0.0.1'], not {contact_points!r}"
+        )
+    if not is_int(port) or not 0 < port < 65536:
+        raise ConfigurationError(f"port must be an int from 1 to 65535, not {port!r}")
+    if not is_int(executor_threads) or executor_threads < 1:
+        raise ConfigurationError(
+            f"executor_threads must be an int of at least 1, not {executor_threads!r}"
+        )
+    if max_concurrent_requests is not None and (
+        not is_int(max_concurrent_requests) or max_concurrent_requests < 1
+    ):
+        raise ConfigurationError(
+            "max_concurrent_requests must be an int of at least 1 (requests in flight per "
+            f"session), or None for the default; not {max_concurrent_requests!r}"
+        )
+    for name, value in seconds.items():
+        if value is None and name in ("control_connection_timeout", "connect_timeout"):
+            continue  # the driver's "no timeout"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigurationError(f"{name} must be a number of seconds (>= 0), not {value!r}")
+    if seconds["connect_timeout"] == 0:
+        raise ConfigurationError("connect_timeout must be more than 0 seconds, or None")
+
+
 class AsyncCluster:
     """A Cassandra cluster to connect to, for async code (asyncio or trio).
 
@@ -101,8 +145,10 @@ class AsyncCluster:
     ``max_concurrent_requests``: requests in flight per session (default 1024 per
     connected host); more wait as an ``await``.
 
-    Raises :class:`ConfigurationError` for an unknown keyword, a ``protocol_version``
-    below 5 or a ``max_concurrent_requests`` below 1.
+    Raises :class:`ConfigurationError`, before any I/O, for an unknown keyword, a
+    ``protocol_version`` below 5, and an option of the wrong type or out of range
+    (contact points given as one string, a port outside 1-65535, no executor threads,
+    a ``max_concurrent_requests`` below 1, a negative number of seconds).
     """
 
     def __init__(
@@ -129,15 +175,21 @@ class AsyncCluster:
     ) -> None:
         if protocol_version is not None and protocol_version < MIN_PROTOCOL_VERSION:
             raise _protocol_error(protocol_version, negotiated=False)
-        if max_concurrent_requests is not None and (
-            isinstance(max_concurrent_requests, bool)
-            or not isinstance(max_concurrent_requests, int)
-            or max_concurrent_requests < 1
-        ):
-            raise ConfigurationError(
-                "max_concurrent_requests must be an int of at least 1 (requests in "
-                f"flight per session), or None for the default; not {max_concurrent_requests!r}"
-            )
+        _check_options(
+            contact_points=contact_points,
+            port=port,
+            executor_threads=executor_threads,
+            max_concurrent_requests=max_concurrent_requests,
+            seconds={
+                "max_schema_agreement_wait": max_schema_agreement_wait,
+                "control_connection_timeout": control_connection_timeout,
+                "idle_heartbeat_interval": idle_heartbeat_interval,
+                "schema_event_refresh_window": schema_event_refresh_window,
+                "topology_event_refresh_window": topology_event_refresh_window,
+                "status_event_refresh_window": status_event_refresh_window,
+                "connect_timeout": connect_timeout,
+            },
+        )
         options: dict[str, Any] = {
             "contact_points": contact_points if contact_points is not None else ["127.0.0.1"],
             "port": port,

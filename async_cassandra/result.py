@@ -47,6 +47,7 @@ class AsyncResultSet:
         paging_state: bytes | None = None,
         offloop: OffLoopCalls | None = None,
         trace: QueryTrace | BaseException | None = None,
+        warnings: list[str] | None = None,
     ) -> None:
         self._rows = rows
         # Rows a factory made as one object of its own (not a sequence of rows).
@@ -55,6 +56,7 @@ class AsyncResultSet:
         self._paging_state = paging_state
         self._offloop = offloop if offloop is not None else OffLoopCalls()
         self._trace = trace
+        self._warnings = warnings if warnings is not None else []
 
     # -- rows ------------------------------------------------------------------------
 
@@ -116,6 +118,13 @@ class AsyncResultSet:
     @property
     def column_types(self) -> list[Any] | None:
         return None if self._future is None else _driver.column_types(self._future)
+
+    @property
+    def warnings(self) -> list[str]:
+        """The server's warnings (batch too large, tombstones read, ...), every page's,
+        in order. The driver logs each as it arrives (logger ``cassandra.protocol``);
+        the driver's ``response_future.warnings`` holds only the last page's."""
+        return list(self._warnings)
 
     @property
     def paging_state(self) -> bytes | None:

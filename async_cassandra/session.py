@@ -11,11 +11,14 @@ import anyio
 import anyio.lowlevel
 from cassandra.cluster import EXEC_PROFILE_DEFAULT
 from cassandra.cluster import Session as DriverSession
+from cassandra.pool import Host
+from cassandra.protocol import ProtocolException
 from cassandra.query import BoundStatement, PreparedStatement, SimpleStatement, Statement
 
 from . import _driver
 from ._binding import bind_prepared, bind_string
 from ._offloop import OffLoopCalls
+from ._paging_state import is_well_formed
 from ._portal import InFlightLimiter, current_portal
 from ._prepared_cache import PreparedCache
 from ._request import DriverRequest, driver_timeout
@@ -41,8 +44,11 @@ DEFAULT_IN_FLIGHT_PER_HOST = 1024
 PREPARED_CACHE_SIZE = 512
 
 _VALID_KEYSPACE = re.compile(r"^[A-Za-z0-9_]{1,48}$")
-# String literals ('it''s'), quoted identifiers and comments hide bind markers.
-_NOT_CODE = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|//[^\n]*|/\*.*?\*/", re.S)
+# String literals ('it''s', $$a body$$), quoted identifiers and comments hide bind
+# markers.
+_NOT_CODE = re.compile(
+    r"'(?:[^']|'')*'|\$\$.*?\$\$|\"(?:[^\"]|\"\")*\"|--[^\n]*|//[^\n]*|/\*.*?\*/", re.S
+)
 _BIND_MARKER = re.compile(r"\?|(?<![:\w]):[A-Za-z_]\w*")
 
 
@@ -250,6 +256,7 @@ class AsyncCassandraSession:
             paging_state=_driver.paging_state(future),
             offloop=self._resources.offloop,
             trace=trace_outcome,
+            warnings=request.warnings,
         )
 
     async def _rows_of(self, request: DriverRequest, first_page: Any, *, one_page: bool) -> Any:
@@ -288,6 +295,7 @@ class AsyncCassandraSession:
         """Send ``query`` and wait for its first page (raw rows, or None for a result
         without rows): the mechanism behind :meth:`execute` and :meth:`execute_stream`."""
         session = self._check_open()
+        _check_request_options(session, paging_state, host, execute_as)
         statement, parameters = await self._statement(query, parameters, prepare)
         if fetch_size is not None:
             statement = _with_fetch_size(statement, fetch_size)
@@ -315,6 +323,8 @@ class AsyncCassandraSession:
                 host,
                 execute_as,
             )
+            # What the driver would fail to encode only once it holds a stream id.
+            _driver.check_sendable(future)
         except BaseException as error:
             self._limiter.release()
             raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
@@ -337,8 +347,10 @@ class AsyncCassandraSession:
             raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
         try:
             first_page = await request.page(deadline)
-        except BaseException:
+        except BaseException as error:
             request.detach()
+            if paging_state is not None and _is_paging_state_refusal(error):
+                raise _paging_state_error(error)  # noqa: B904 - the cause is set inside
             raise
         return request, first_page
 
@@ -574,12 +586,66 @@ def open_session(
 
 
 def _with_fetch_size(statement: Any, fetch_size: int) -> Any:
-    """``statement`` paged by ``fetch_size``, leaving the caller's object untouched."""
-    if isinstance(fetch_size, bool) or not isinstance(fetch_size, int) or fetch_size < 1:
-        raise bad_argument(f"fetch_size must be a positive int, not {fetch_size!r}")
+    """``statement`` paged by ``fetch_size`` (0: not paged), leaving the caller's object
+    untouched."""
+    if isinstance(fetch_size, bool) or not isinstance(fetch_size, int) or fetch_size < 0:
+        raise bad_argument(
+            f"fetch_size must be an int: rows per page, or 0 for no paging; not {fetch_size!r}"
+        )
+    # The driver's way to send a statement unpaged is a fetch_size of None on it.
+    size = fetch_size if fetch_size > 0 else None
     if isinstance(statement, str):
-        return SimpleStatement(statement, fetch_size=fetch_size)
+        return SimpleStatement(statement, fetch_size=size)
     # A copy: the caller's statement object may be shared (module-level, reused).
     statement = copy.copy(statement)
-    statement.fetch_size = fetch_size
+    statement.fetch_size = size
     return statement
+
+
+def _check_request_options(
+    session: DriverSession, paging_state: Any, host: Any, execute_as: str | None
+) -> None:
+    """Refuse, before anything is sent, the options the driver would misread."""
+    if paging_state is not None:
+        if not isinstance(paging_state, bytes):
+            raise bad_argument(
+                f"paging_state must be the bytes a result's paging_state gave, not "
+                f"{type(paging_state).__name__}; to hand one to a web client, sign it "
+                "with async_cassandra.paging.PagingTokenSigner",
+                TypeError,
+            )
+        if not is_well_formed(paging_state):
+            raise _paging_state_error(None)
+    if host is not None and not isinstance(host, Host):
+        raise bad_argument(
+            f"host must be a cassandra.pool.Host of this cluster (from "
+            f"cluster.metadata.all_hosts() or cluster.metadata.get_host(address)), not "
+            f"{type(host).__name__} {host!r}",
+            TypeError,
+        )
+    if execute_as is not None and not any(
+        getattr(h, "dse_version", None) for h in session.cluster.metadata.all_hosts()
+    ):
+        raise ConfigurationError(
+            "execute_as runs a request as another role on DataStax Enterprise only: "
+            "Apache Cassandra ignores it, and the request would run with the rights of "
+            "the role this session logged in as. Connect as that role instead "
+            "(AsyncCluster.create_with_auth)"
+        )
+
+
+def _paging_state_error(cause: BaseException | None) -> Exception:
+    return bad_argument(
+        "paging_state is not one the server gave for this query (it is not a paging "
+        "state at all, or the server refused it); resume only from a result's "
+        "paging_state, and hand it to clients signed (async_cassandra.paging."
+        "PagingTokenSigner), so that they cannot edit it",
+        ValueError,
+        cause=cause,
+    )
+
+
+def _is_paging_state_refusal(error: BaseException) -> bool:
+    # The server's "Invalid value for the paging state" is a protocol error, which would
+    # read as a connection problem.
+    return isinstance(error, ProtocolException) and "paging state" in str(error)

@@ -263,6 +263,12 @@ class AsyncStreamingResultSet:
         return _driver.column_names(self._request.future)
 
     @property
+    def warnings(self) -> list[str]:
+        """The server's warnings for the pages that arrived so far, every page's in
+        order (the driver logs each as it arrives)."""
+        return list(self._request.warnings)
+
+    @property
     def is_closed(self) -> bool:
         return self._closed
 
