@@ -162,11 +162,13 @@ class _PageSink:
     def set_result(self, rows: Any) -> None:
         stream = self._stream()
         if stream is not None:
+            stream._taken_in()
             stream._page_arrived(rows)
 
     def set_exception(self, error: BaseException) -> None:
         stream = self._stream()
         if stream is not None:
+            stream._taken_in()
             stream._page_failed(error)
 
     async def wait(self) -> Any:  # pragma: no cover - a sink is never awaited
@@ -224,11 +226,13 @@ class AsyncStreamingResultSet:
         self._buffered_rows = 0
         # Shared with the driver's threads (which ask for the next page as one arrives,
         # see _arrived_on_driver_thread), under _lock: whether a page is in flight, how
-        # many pages with rows arrived and are not current yet (buffered, or still on
-        # their way to the loop), and whether the consumer waits for a page.
+        # many pages arrived and are not current yet (buffered, or still on their way
+        # to the loop), how many outcomes (pages, and errors) are on their way to the
+        # loop, and whether the consumer waits for a page.
         self._lock = threading.Lock()
         self._fetching = False
         self._pages_ahead = 1  # the first page, not current yet
+        self._in_transit = 0
         self._consumer_waiting = False
         self._fetch_started = 0.0
         self._error: BaseException | None = None
@@ -349,7 +353,10 @@ class AsyncStreamingResultSet:
                 await self.close()
                 raise error
             with self._lock:
-                idle = not self._fetching and not self._pages_ahead
+                # Not idle while an outcome the driver thread handed over is still on
+                # its way: an error must be raised, not followed by another request for
+                # the same page (whose paging state the failure left unchanged).
+                idle = not self._fetching and not self._pages_ahead and not self._in_transit
             if idle:
                 if self._no_more_requests():
                     self._release()
@@ -492,6 +499,7 @@ class AsyncStreamingResultSet:
         except Exception as error:  # the request released the slot and detached
             with self._lock:
                 self._fetching = False
+                self._in_transit += 1  # the delivery below
                 self._error = error  # seen at once if this is the loop thread
             self._portal.deliver(self._sink, None, error)  # else wakes the consumer
             return
@@ -512,11 +520,18 @@ class AsyncStreamingResultSet:
         """
         with self._lock:
             self._fetching = False
+            self._in_transit += 1  # until the loop takes it in (_taken_in)
             if error is None:
                 self._pages_ahead += 1
         portal.deliver(self._sink, rows, error)
         if error is None and self._claim_fetch(current_done=False, slot_held=False):
             self._start_fetch()
+
+    def _taken_in(self) -> None:
+        # The loop thread, as the portal hands over what _arrived_on_driver_thread (or a
+        # failed _start_fetch) sent.
+        with self._lock:
+            self._in_transit -= 1
 
     def _page_arrived(self, rows: Any) -> None:
         # The loop thread, after _arrived_on_driver_thread (or for the first page).

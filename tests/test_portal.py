@@ -361,3 +361,43 @@ async def test_without_read_ahead_the_next_page_waits_until_the_current_is_read(
 async def in_thread_when(condition: Any, function: Any) -> None:
     await wait_until(condition, "the stream asks the driver")
     in_thread(function)
+
+
+async def test_a_last_empty_page_still_on_its_way_is_waited_for_and_counted() -> None:
+    # The empty last page reaches the driver thread while the consumer is inside the
+    # page before it (rows of one page are handed out without a checkpoint): the
+    # stream must not end before the loop has taken that page in.
+    fake = await fake_stream([[1, 2], [3, 4], []], StreamConfig(fetch_size=2, read_ahead=1))
+    stream, future = fake.stream, fake.future
+    in_thread(future.complete)  # page 2, read ahead
+    async with stream:
+        assert [await stream.__anext__() for _ in range(3)] == [1, 2, 3]
+        assert stream.pages_requested == 3
+        in_thread(future.complete)  # the empty page 3, not yet seen by the loop
+        assert await stream.__anext__() == 4
+        with pytest.raises(StopAsyncIteration):
+            await stream.__anext__()
+    # Every page counts, the empty one too (as in async-cassandra 0.0.1).
+    assert (stream.page_number, stream.empty_pages, stream.pages_requested) == (3, 1, 3)
+    assert fake.registry == set()
+    assert fake.limiter.in_use == 0
+
+
+async def test_a_page_error_still_on_its_way_is_raised_without_asking_again() -> None:
+    fake = await fake_stream([[1, 2], [3, 4], [5, 6]], StreamConfig(fetch_size=2, read_ahead=1))
+    stream, future = fake.stream, fake.future
+    in_thread(future.complete)  # page 2, read ahead
+
+    def fail_page() -> None:  # the driver's errback; its paging state is unchanged
+        for _, errback in list(future._callbacks):
+            errback(RuntimeError("page 3 failed"))
+
+    async with stream:
+        assert [await stream.__anext__() for _ in range(3)] == [1, 2, 3]
+        in_thread(fail_page)
+        assert await stream.__anext__() == 4
+        with pytest.raises(RuntimeError, match="page 3 failed"):
+            await stream.__anext__()
+    assert stream.pages_requested == 3  # the failed page was not asked for again
+    assert fake.registry == set()
+    assert fake.limiter.in_use == 0
