@@ -262,6 +262,25 @@ def _proc_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def _all_threads_stopped(pid: int) -> bool:
+    """True once every thread of ``pid`` is stopped (state T): a SIGSTOP has taken hold.
+
+    Without /proc (not Linux) there is nothing to look at: True.
+    """
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return not Path("/proc/self").exists()
+    for tid in tids:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue  # the thread has just ended
+        if stat.rsplit(")", 1)[-1].split()[0] not in ("T", "t"):
+            return False
+    return True
+
+
 def _reap(pid: int) -> None:
     # If the stale node is our own child (a detached node started earlier in this
     # process), collect it so it does not linger as a zombie.
@@ -664,9 +683,22 @@ class LocalCassandra:
         nodes = self._nodes if index is None else [self._nodes[index]]
         return "\n".join(node.tail(lines) for node in nodes)
 
-    def pause(self, index: int = 0) -> None:
-        """Freeze node ``index`` (SIGSTOP): it keeps its sockets but answers nothing."""
-        os.kill(self._proc(index).pid, signal.SIGSTOP)
+    def pause(self, index: int = 0, timeout: float = 10.0) -> None:
+        """Freeze node ``index`` (SIGSTOP): it keeps its sockets but answers nothing.
+
+        Returns once every thread of the JVM has stopped. ``kill`` only starts the
+        stop: the kernel stops one thread after another, and until then the node's
+        running threads go on answering requests (for tens of ms on a busy machine).
+        """
+        pid = self._proc(index).pid
+        os.kill(pid, signal.SIGSTOP)
+        deadline = time.monotonic() + timeout
+        while not _all_threads_stopped(pid):
+            if not _proc_alive(pid):
+                raise LauncherError(f"node {index} (pid {pid}) died while being paused")
+            if time.monotonic() > deadline:
+                raise LauncherError(f"node {index} (pid {pid}) did not stop within {timeout} s")
+            time.sleep(0.001)
 
     def resume(self, index: int = 0) -> None:
         """Undo :meth:`pause` (SIGCONT)."""
