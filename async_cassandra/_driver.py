@@ -12,6 +12,7 @@ from typing import Any
 from cassandra.auth import _proxy_execute_key
 from cassandra.cluster import _NOT_SET, ResponseFuture
 from cassandra.cluster import Session as DriverSession
+from cassandra.protocol import ExecuteMessage
 from cassandra.query import tuple_factory
 
 from .exceptions import bad_argument
@@ -99,11 +100,12 @@ def column_types(future: ResponseFuture) -> list[Any] | None:
     return types
 
 
-def server_warnings(future: ResponseFuture) -> list[str]:
+def server_warnings(future: ResponseFuture) -> list[str] | None:
     """The warnings the server sent with the page that just arrived (batch too large,
-    tombstones read, ...). The driver keeps only the last page's, and has logged them
-    already as it decoded the page."""
-    return list(getattr(future, "_warnings", None) or ())
+    tombstones read, ...), or None. The driver keeps only the last page's, and has
+    logged them already as it decoded the page."""
+    warnings: list[str] | None = getattr(future, "_warnings", None)
+    return warnings
 
 
 def was_traced(future: ResponseFuture) -> bool:
@@ -126,21 +128,24 @@ _INT32 = 2**31
 def check_sendable(future: ResponseFuture) -> None:
     """Raise QueryError (also TypeError or ValueError) for a part of ``future``'s message
     the driver could not encode, before anything is sent."""
+    # On every request: the common case (an EXECUTE of a prepared statement, levels as
+    # ints, no payload) costs a few attribute reads.
     message = future.message
-    query = getattr(message, "query", None)
-    if query is not None:  # a QUERY: the CQL text, with a plain string's parameters in it
-        _check_text(query, "the CQL text (with the %s parameters of a plain string in it)")
-    for entry in getattr(message, "queries", None) or ():  # a BATCH
-        prepared, string_or_id, _values = entry
-        if not prepared:
-            _check_text(string_or_id, "the CQL text of a statement in the batch")
-    _check_consistency(message.consistency_level, "consistency_level")
+    if message.__class__ is not ExecuteMessage:
+        query = getattr(message, "query", None)
+        if query is not None:  # a QUERY: the CQL text, a plain string's parameters in it
+            _check_text(query, "the CQL text (with the %s parameters of a plain string in it)")
+        for entry in getattr(message, "queries", None) or ():  # a BATCH
+            prepared, string_or_id, _values = entry
+            if not prepared:
+                _check_text(string_or_id, "the CQL text of a statement in the batch")
+    level = message.consistency_level
+    if level.__class__ is not int or not 0 <= level <= 0xFFFF:
+        _check_consistency(level, "consistency_level")
     if message.serial_consistency_level is not None:
         _check_consistency(message.serial_consistency_level, "serial_consistency_level")
     fetch_size = getattr(message, "fetch_size", None)
-    if fetch_size is not None and (
-        isinstance(fetch_size, bool) or not isinstance(fetch_size, int) or abs(fetch_size) >= _INT32
-    ):
+    if fetch_size is not None and (fetch_size.__class__ is not int or abs(fetch_size) >= _INT32):
         raise bad_argument(
             f"the statement's fetch_size must be an int or None, not {fetch_size!r}", TypeError
         )

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from cassandra import InvalidRequest, OperationTimedOut
 from cassandra.cluster import ResponseFuture
 
@@ -22,7 +23,14 @@ from ._backends import Waiter
 from ._portal import InFlightLimiter, Portal
 from .exceptions import TimeoutError, translate_driver_error
 
-__all__ = ["DriverRequest", "OnArrival", "driver_timeout", "page_rows", "surface_deadline"]
+__all__ = [
+    "DriverRequest",
+    "OnArrival",
+    "caller_deadline",
+    "driver_timeout",
+    "page_rows",
+    "surface_deadline",
+]
 
 # Called on the driver's thread with (portal, rows, error) when a page arrives, instead
 # of delivering it to its waiter through the portal: the hook delivers it itself.
@@ -34,15 +42,32 @@ _MIN_DRIVER_TIMEOUT = 0.001
 _CLOCK_MARGIN = 0.05
 
 
-def driver_timeout(explicit: float | None) -> tuple[float | None, float | None]:
-    """The driver request timeout for a call made now, and the deadline behind it.
+async def caller_deadline() -> float:
+    """The caller's effective anyio deadline (``inf``: none), once it is sure the caller's
+    scope is neither cancelled nor past its deadline: a call made in such a scope must
+    do nothing, so the cancellation is raised here instead.
 
-    The timeout is the smaller of ``explicit`` and the time left before the caller's
-    effective anyio deadline, so ``with anyio.fail_after(0.3)`` around a call makes the
-    driver give up within 0.3 s too; None means the driver's default applies. The
-    second value is that anyio deadline when it is what set the timeout, else None.
+    One look at the enclosing scopes, which the deadline needs anyway (anyio gives
+    ``-inf`` for a cancelled scope): cheaper than a checkpoint on every request.
     """
     deadline = anyio.current_effective_deadline()
+    if deadline == math.inf:
+        return deadline
+    if deadline == -math.inf or deadline <= anyio.current_time():
+        # Raises: the scope is cancelled, or its deadline's timer is due.
+        await anyio.lowlevel.checkpoint()
+        deadline = anyio.current_effective_deadline()
+    return deadline
+
+
+def driver_timeout(explicit: float | None, deadline: float) -> tuple[float | None, float | None]:
+    """The driver request timeout for a call made now, and the deadline behind it.
+
+    The timeout is the smaller of ``explicit`` and the time left before ``deadline``,
+    the caller's effective anyio deadline, so ``with anyio.fail_after(0.3)`` around a
+    call makes the driver give up within 0.3 s too; None means no timeout. The second
+    value is that anyio deadline when it is what set the timeout, else None.
+    """
     if deadline == math.inf:
         return explicit, None
     remaining = max(deadline - anyio.current_time(), _MIN_DRIVER_TIMEOUT)
@@ -156,7 +181,9 @@ class DriverRequest:
         waiter, portal, on_arrival, detached = taken
         self._limiter.release()
         if error is None:
-            self.warnings.extend(_driver.server_warnings(self.future))
+            warnings = _driver.server_warnings(self.future)
+            if warnings:
+                self.warnings.extend(warnings)
         if detached:
             self._retire()  # nobody waits: drop the result and our callbacks
         else:

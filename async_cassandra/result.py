@@ -51,7 +51,9 @@ class AsyncResultSet:
     ) -> None:
         self._rows = rows
         # Rows a factory made as one object of its own (not a sequence of rows).
-        self._opaque = not isinstance(rows, Sequence) or isinstance(rows, (str, bytes))
+        self._opaque = rows.__class__ is not list and (
+            not isinstance(rows, Sequence) or isinstance(rows, (str, bytes))
+        )
         self._future = response_future
         self._paging_state = paging_state
         self._offloop = offloop if offloop is not None else OffLoopCalls()

@@ -21,7 +21,7 @@ from ._offloop import OffLoopCalls
 from ._paging_state import is_well_formed
 from ._portal import InFlightLimiter, current_portal
 from ._prepared_cache import PreparedCache
-from ._request import DriverRequest, driver_timeout
+from ._request import DriverRequest, caller_deadline, driver_timeout
 from ._resources import CLOSE_TIMEOUT, SessionResources, close_in_exit, close_within
 from ._rows import JoinedPages, as_row_list, rows_maker
 from .exceptions import (
@@ -295,7 +295,8 @@ class AsyncCassandraSession:
         """Send ``query`` and wait for its first page (raw rows, or None for a result
         without rows): the mechanism behind :meth:`execute` and :meth:`execute_stream`."""
         session = self._check_open()
-        _check_request_options(session, paging_state, host, execute_as)
+        if paging_state is not None or host is not None or execute_as is not None:
+            _check_request_options(session, paging_state, host, execute_as)
         statement, parameters = await self._statement(query, parameters, prepare)
         if fetch_size is not None:
             statement = _with_fetch_size(statement, fetch_size)
@@ -304,7 +305,7 @@ class AsyncCassandraSession:
         try:
             # A call in a cancelled scope (or past its deadline) does nothing: checked
             # last before the request goes out, after every await that came before.
-            await anyio.lowlevel.checkpoint_if_cancelled()
+            deadline = await caller_deadline()
         except BaseException:
             self._limiter.release()
             raise
@@ -331,7 +332,7 @@ class AsyncCassandraSession:
         # The timeout each page gets, as configured (timeout=, else the profile's);
         # the first page's is also cut to the caller's deadline.
         configured = future.timeout
-        future.timeout, deadline = driver_timeout(configured)
+        future.timeout, timing_deadline = driver_timeout(configured, deadline)
         request = DriverRequest(
             future,
             self._limiter,
@@ -346,7 +347,7 @@ class AsyncCassandraSession:
             request.abandon(ConnectionError("the request could not be sent"))
             raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
         try:
-            first_page = await request.page(deadline)
+            first_page = await request.page(timing_deadline)
         except BaseException as error:
             request.detach()
             if paging_state is not None and _is_paging_state_refusal(error):
