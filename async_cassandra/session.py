@@ -191,10 +191,18 @@ class AsyncCassandraSession:
         cache, which is keyed on the keyspace in effect and notices schema changes.
 
         One page only: pass ``fetch_size`` (rows per page) and/or ``paging_state``
-        (where a previous result's :attr:`~AsyncResultSet.paging_state` left off); the
-        result's ``paging_state`` and ``has_more_pages`` say where to resume. Hand a
-        paging state to a web client only signed: see :mod:`async_cassandra.paging`.
+        (bytes a previous result's :attr:`~AsyncResultSet.paging_state` gave; anything
+        else is refused before it is sent); the result's ``paging_state`` and
+        ``has_more_pages`` say where to resume. Hand a paging state to a web client only
+        signed: see :mod:`async_cassandra.paging`. ``fetch_size=0`` runs the statement
+        unpaged, in one response (the server requires it for ``ORDER BY`` with ``IN``).
         For large results use :meth:`execute_stream` (bounded memory).
+
+        ``host``: a ``cassandra.pool.Host`` of ``cluster.metadata`` to send to.
+        ``execute_as`` is DataStax Enterprise's; on Apache Cassandra it raises
+        :class:`ConfigurationError` (the server would ignore it and run the request as
+        the session's own role). ``custom_payload`` is copied, never written to. The
+        server's warnings are in :attr:`~AsyncResultSet.warnings`.
 
         **Timeouts.** Each page may take the request's timeout, in seconds: ``timeout``
         if given, else the execution profile's ``request_timeout`` (the driver's
@@ -213,10 +221,12 @@ class AsyncCassandraSession:
 
         Cancellation returns at once and detaches from the request: CQL has no cancel
         message, so the server may still run it, and a cancelled write **may or may
-        not have been applied**. Its late response is discarded.
+        not have been applied**. Its late response is discarded. Called in a scope that
+        is already cancelled or past its deadline, it sends nothing and raises at once.
 
         Raises :class:`QueryError` (bad CQL, schema, parameters: a parameter that cannot
-        be bound is named, with its column, type and the reason), :class:`TimeoutError`,
+        be bound is named, with its column, type and the reason; anything the driver
+        could not encode, before it is sent), :class:`TimeoutError`,
         :class:`ConnectionError` (no host, closed session), each also an instance of the
         driver's own exception class (or of ``TypeError``/``ValueError`` for bad
         parameter values, as the driver raises them).
