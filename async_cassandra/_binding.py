@@ -144,14 +144,42 @@ def _failing_value(
     return None
 
 
+# What a value of each CQL type is, in Python (the driver's encoders).
+_TAKES = {
+    "ascii": "a str of ASCII",
+    "bigint": "an int",
+    "blob": "bytes",
+    "boolean": "a bool",
+    "counter": "an int",
+    "date": "a datetime.date",
+    "decimal": "a decimal.Decimal (or an int or float)",
+    "double": "a float",
+    "duration": "a cassandra.util.Duration",
+    "float": "a float",
+    "inet": "an IP address (a str, or an ipaddress address)",
+    "int": "an int from -2**31 to 2**31 - 1",
+    "smallint": "an int from -2**15 to 2**15 - 1",
+    "text": "a str",
+    "time": "a datetime.time (or int nanoseconds)",
+    "timestamp": "a datetime.datetime (or int milliseconds since 1970)",
+    "timeuuid": "a uuid.UUID (version 1)",
+    "tinyint": "an int from -128 to 127",
+    "uuid": "a uuid.UUID",
+    "varint": "an int",
+}
+
+
 def _reason(cql_type: str, value: Any, error: Exception) -> str:
     if cql_type == "decimal" and _is_not_finite(value):
         return (
             "NaN and infinities have no CQL decimal encoding (a decimal is an integer "
             "and a scale); store them in a double column, or as null"
         )
-    text = str(error) or type(error).__name__
-    return f"{text} ({type(error).__name__})"
+    kind = type(error)
+    name = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+    takes = _TAKES.get(cql_type)
+    expected = f"; a CQL {cql_type} takes {takes}" if takes else ""
+    return f"{str(error) or name} ({name}){expected}"
 
 
 def _is_not_finite(value: Any) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from cassandra.auth import _proxy_execute_key
-from cassandra.cluster import _NOT_SET, ResponseFuture
+from cassandra.cluster import _NOT_SET, ResponseFuture, _ConfigMode
 from cassandra.cluster import Session as DriverSession
 from cassandra.protocol import ExecuteMessage
 from cassandra.query import tuple_factory
@@ -19,9 +19,12 @@ from .exceptions import bad_argument
 
 __all__ = [
     "NOT_SET",
+    "check_payload",
     "check_sendable",
+    "check_text",
     "column_names",
     "column_types",
+    "configured_timeout",
     "new_request",
     "paging_state",
     "send",
@@ -50,7 +53,9 @@ def new_request(
     """The ``ResponseFuture`` that ``session.execute_async`` would send, not sent yet.
 
     Built exactly as ``execute_async`` builds it (statement, execution profile, timeout,
-    row factory, parameters bound), so the caller can adjust it before :func:`send`.
+    row factory, parameters bound), so the caller can adjust it before :func:`send`;
+    but not its timeout, whose timer the driver arms here (see
+    :func:`configured_timeout`).
     Raises what binding or resolving the execution profile raises; nothing has been
     sent then. The caller's ``custom_payload`` dict is copied, never written to.
     """
@@ -62,6 +67,22 @@ def new_request(
     )
     future._protocol_handler = session.client_protocol_handler
     return future
+
+
+def configured_timeout(session: DriverSession, timeout: Any, execution_profile: Any) -> Any:
+    """The request timeout the driver would use, in seconds (None: none): ``timeout`` if
+    given (not :data:`NOT_SET`), else the execution profile's ``request_timeout``, or
+    the session's ``default_timeout`` in the driver's legacy configuration mode.
+
+    Worked out before the request is built, because the driver arms the request's timer
+    as it builds it: the timeout must be final by then. Raises ValueError for an
+    unknown execution profile, as the driver would.
+    """
+    if timeout is not NOT_SET:
+        return timeout
+    if session.cluster._config_mode == _ConfigMode.LEGACY:
+        return session.default_timeout
+    return session._maybe_get_execution_profile(execution_profile).request_timeout
 
 
 def send(session: DriverSession, future: ResponseFuture) -> None:
@@ -134,11 +155,11 @@ def check_sendable(future: ResponseFuture) -> None:
     if message.__class__ is not ExecuteMessage:
         query = getattr(message, "query", None)
         if query is not None:  # a QUERY: the CQL text, a plain string's parameters in it
-            _check_text(query, "the CQL text (with the %s parameters of a plain string in it)")
+            check_text(query, "the CQL text (with the %s parameters of a plain string in it)")
         for entry in getattr(message, "queries", None) or ():  # a BATCH
             prepared, string_or_id, _values = entry
             if not prepared:
-                _check_text(string_or_id, "the CQL text of a statement in the batch")
+                check_text(string_or_id, "the CQL text of a statement in the batch")
     level = message.consistency_level
     if level.__class__ is not int or not 0 <= level <= 0xFFFF:
         _check_consistency(level, "consistency_level")
@@ -158,13 +179,15 @@ def check_sendable(future: ResponseFuture) -> None:
             TypeError,
         )
     if message.keyspace is not None:
-        _check_text(message.keyspace, "the statement's keyspace")
+        check_text(message.keyspace, "the statement's keyspace")
     payload = message.custom_payload
     if payload:
-        _check_payload(payload)
+        check_payload(payload)
 
 
-def _check_text(text: object, what: str) -> None:
+def check_text(text: object, what: str) -> None:
+    """Raise QueryError (also TypeError or ValueError) unless ``text`` is a str that UTF-8
+    can encode (no lone surrogates)."""
     if not isinstance(text, str):
         raise bad_argument(f"{what} must be a str, not {type(text).__name__}", TypeError)
     if text.isascii():
@@ -191,7 +214,9 @@ def _check_consistency(level: object, name: str) -> None:
         )
 
 
-def _check_payload(payload: object) -> None:
+def check_payload(payload: object) -> None:
+    """Raise QueryError (also TypeError or ValueError) unless ``payload`` maps str keys to
+    bytes values, as the protocol's custom payload does."""
     if not isinstance(payload, dict):
         raise bad_argument(
             f"custom_payload must be a dict of str keys to bytes values, not "
@@ -203,7 +228,7 @@ def _check_payload(payload: object) -> None:
             raise bad_argument(
                 f"custom_payload keys must be str, not {type(key).__name__} ({key!r})", TypeError
             )
-        _check_text(key, f"the custom_payload key {key!r}")
+        check_text(key, f"the custom_payload key {key!r}")
         if not isinstance(value, bytes):
             raise bad_argument(
                 f"custom_payload[{key!r}] must be bytes, not {type(value).__name__}: encode "

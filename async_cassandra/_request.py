@@ -92,6 +92,17 @@ async def surface_deadline(error: BaseException, deadline: float | None) -> None
         await anyio.sleep(_CLOCK_MARGIN + max(deadline - anyio.current_time(), 0.0))
 
 
+def _describe(statement: Any) -> str:
+    """A statement, as a message names it: its CQL text, shortened."""
+    text = getattr(statement, "query_string", None)
+    if text is None:  # a BoundStatement: its prepared statement's text
+        text = getattr(getattr(statement, "prepared_statement", None), "query_string", None)
+    if not isinstance(text, str):
+        return "the request" if statement is None else f"the {type(statement).__name__}"
+    text = " ".join(text.split())
+    return repr(text if len(text) <= 80 else text[:77] + "...")
+
+
 def page_rows(page: Any) -> Any:
     """A page's rows: the driver hands callbacks None for results without rows
     (INSERT, DDL, USE)."""
@@ -250,11 +261,12 @@ class DriverRequest:
             return None
         # The driver's OperationTimedOut says only "errors={...}, last_host=...".
         timeout = self.future.timeout
-        within = f"within {timeout:g} s " if isinstance(timeout, (int, float)) else ""
+        within = f" within {timeout:g} s" if isinstance(timeout, (int, float)) else ""
         return (
-            f"No response to the request {within}(the timeout= argument, else the "
-            "execution profile's request_timeout); the server or the connection is "
-            "stalled, or the query is too slow. The request may still run there"
+            f"No response to {_describe(self.future.query)}{within} (its timeout: timeout= "
+            "where the call takes one, else the execution profile's request_timeout, cut "
+            "to the caller's deadline); the server or the connection is stalled, or the "
+            "query is too slow. The request may still run there"
         )
 
     async def next_page(self, portal: Portal) -> Any:

@@ -29,7 +29,7 @@ from .exceptions import (
     category_of,
     translate_driver_error,
 )
-from .session import AsyncCassandraSession, open_session
+from .session import AsyncCassandraSession, check_keyspace_name, open_session
 
 __all__ = ["AsyncCluster"]
 
@@ -311,13 +311,16 @@ class AsyncCluster:
         Raises :class:`ConnectionError` (no host reachable, cluster shut down),
         :class:`ConnectTimeoutError` (no answer in time: both a :class:`TimeoutError`
         and a :class:`ConnectionError`), :class:`AuthenticationError`,
-        :class:`QueryError` (unknown keyspace), :class:`ConfigurationError` (a server
-        that only speaks protocol v4 or lower).
+        :class:`QueryError` (unknown keyspace; an invalid keyspace name, before any
+        I/O), :class:`ConfigurationError` (a server that only speaks protocol v4 or
+        lower).
         """
         if self._closed:
             raise ConnectionError(
                 "this cluster is shut down; create a new AsyncCluster to connect again"
             )
+        if keyspace is not None:
+            check_keyspace_name(keyspace)
         abandoned = threading.Event()
 
         def connect_in_thread() -> cassandra.cluster.Session:

@@ -24,7 +24,7 @@ import hashlib
 import hmac
 import time
 
-from .exceptions import QueryError
+from .exceptions import ConfigurationError, QueryError, bad_argument
 
 __all__ = ["InvalidPagingToken", "PagingTokenSigner"]
 
@@ -48,7 +48,11 @@ class PagingTokenSigner:
     def __init__(self, key: bytes | str, *, max_age: float | None = None) -> None:
         key_bytes = key.encode() if isinstance(key, str) else bytes(key)
         if len(key_bytes) < _MIN_KEY_SIZE:
-            raise ValueError(f"the signing key must be at least {_MIN_KEY_SIZE} bytes")
+            raise bad_argument(
+                f"the signing key must be at least {_MIN_KEY_SIZE} bytes (32 random bytes, "
+                f"kept out of the code, are a good choice), not {len(key_bytes)}",
+                category=ConfigurationError,
+            )
         self._key = key_bytes
         self._max_age = max_age
 

@@ -72,6 +72,11 @@ class AsyncResultSet:
         """The driver ``ResultSet``'s name for :attr:`rows`."""
         return self._rows
 
+    @property
+    def _current_rows(self) -> Any:
+        # The driver documentation's DataFrame recipe reads this private name.
+        return self._rows
+
     def _row_list(self) -> Sequence[Any]:
         if self._opaque:
             raise not_a_row_list(self._rows, "the result")
@@ -94,13 +99,16 @@ class AsyncResultSet:
         return _AsyncRowIterator(iter(self._row_list()))
 
     def __len__(self) -> int:
+        """How many rows (also for a factory's own container of them, if it knows)."""
+        if self._opaque and hasattr(self._rows, "__len__"):
+            return len(self._rows)
         return len(self._row_list())
 
     def __getitem__(self, index: int) -> Any:
         return self._row_list()[index]
 
     def __bool__(self) -> bool:
-        return bool(self._row_list())
+        return len(self) > 0
 
     def __repr__(self) -> str:
         count = type(self._rows).__name__ if self._opaque else f"{len(self._rows)}"
@@ -115,10 +123,12 @@ class AsyncResultSet:
 
     @property
     def column_names(self) -> list[str] | None:
+        """The result's column names (None for a statement without rows)."""
         return None if self._future is None else _driver.column_names(self._future)
 
     @property
     def column_types(self) -> list[Any] | None:
+        """The result's column types: the driver's ``cassandra.cqltypes`` classes."""
         return None if self._future is None else _driver.column_types(self._future)
 
     @property
@@ -135,6 +145,7 @@ class AsyncResultSet:
 
     @property
     def has_more_pages(self) -> bool:
+        """Whether :attr:`paging_state` leads to more rows (one-page results only)."""
         return self._paging_state is not None
 
     @property

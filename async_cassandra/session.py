@@ -320,6 +320,13 @@ class AsyncCassandraSession:
             self._limiter.release()
             raise
         try:
+            # The timeout each page gets, as configured (timeout=, else the profile's);
+            # the first page's is also cut to the caller's deadline. Final before the
+            # request is built: the driver arms its timer then.
+            configured = _driver.configured_timeout(
+                session, _driver.NOT_SET if timeout is None else timeout, execution_profile
+            )
+            first_timeout, timing_deadline = driver_timeout(configured, deadline)
             # On the loop thread: binding and queueing the request on a connection are
             # quick, and the in-flight bound keeps it from blocking on stream ids.
             future = _driver.new_request(
@@ -328,7 +335,7 @@ class AsyncCassandraSession:
                 parameters,
                 trace,
                 custom_payload,
-                _driver.NOT_SET if timeout is None else timeout,
+                first_timeout,
                 execution_profile,
                 paging_state,
                 host,
@@ -339,10 +346,6 @@ class AsyncCassandraSession:
         except BaseException as error:
             self._limiter.release()
             raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
-        # The timeout each page gets, as configured (timeout=, else the profile's);
-        # the first page's is also cut to the caller's deadline.
-        configured = future.timeout
-        future.timeout, timing_deadline = driver_timeout(configured, deadline)
         request = DriverRequest(
             future,
             self._limiter,
@@ -374,20 +377,23 @@ class AsyncCassandraSession:
                 return await self._bind_cached(query, parameters), None
             if parameters is None:
                 return query, None
-            if _uses_bind_markers(query):
-                raise bad_argument(
-                    "this CQL string uses ? or :name bind markers, which only prepared "
-                    "statements take: `stmt = await session.prepare(query)` then "
-                    "`await session.execute(stmt, parameters)`, or pass prepare=True "
-                    "(or use %s markers for a plain string)"
-                )
+            _refuse_bind_markers(query)
             return bind_string(query, parameters, self._session.encoder), None
         if isinstance(query, PreparedStatement):
             return bind_prepared(query, parameters), None
-        if parameters is not None and isinstance(query, SimpleStatement):
-            # Checked here so that a mismatch is reported as one; the driver binds it
-            # into the statement (whose other settings a copy of ours could lose).
-            bind_string(query.query_string, parameters, self._session.encoder)
+        if isinstance(query, SimpleStatement):
+            if prepare:
+                raise bad_argument(
+                    "prepare=True prepares a CQL string, not a SimpleStatement: pass the "
+                    "string, or `await session.prepare(statement.query_string)` and set "
+                    "the statement's options on the prepared statement",
+                    TypeError,
+                )
+            if parameters is not None:
+                # Checked here so that a mismatch is reported as one; the driver binds
+                # it into the statement (whose other settings a copy could lose).
+                _refuse_bind_markers(query.query_string)
+                bind_string(query.query_string, parameters, self._session.encoder)
         return query, parameters
 
     async def _bind_cached(self, query: str, parameters: Any) -> BoundStatement:
@@ -446,6 +452,8 @@ class AsyncCassandraSession:
                 config = StreamConfig()
         else:
             config = stream_config.validated()
+        if config.timeout_seconds is not None:
+            timeout = config.timeout_seconds  # every page's, the first included
         request, first_page = await self._start_request(
             query,
             parameters,
@@ -459,8 +467,6 @@ class AsyncCassandraSession:
             prepare=prepare,
             fetch_size=config.fetch_size,
         )
-        if config.timeout_seconds is not None:
-            request.page_timeout = config.timeout_seconds
         try:
             return AsyncStreamingResultSet(request, first_page, config, limiter=self._limiter)
         except BaseException:
@@ -503,8 +509,16 @@ class AsyncCassandraSession:
         take ``timeout`` seconds (default: the driver session's ``default_timeout``, as
         the driver's own prepare). On cancellation or timeout this returns at once; the
         worker finishes the prepare by itself (it is harmless), and :meth:`close` waits
-        for it. Raises :class:`QueryError` for invalid CQL, :class:`TimeoutError`,
-        :class:`ConnectionError`.
+        for it. Called in a cancelled scope, it sends nothing.
+
+        Cassandra 5 answers the prepare of a statement with unqualified table names, on
+        a session that has a keyspace (``connect(keyspace)``, ``set_keyspace``), with a
+        warning the driver logs ("... considered to be an anti-pattern ..."): qualify
+        the table names (``keyspace.table``) to avoid it.
+
+        Raises :class:`QueryError` for invalid CQL, or text the driver could not send
+        (not valid Unicode; a ``custom_payload`` that is not str to bytes), before
+        anything is sent; :class:`TimeoutError`; :class:`ConnectionError`.
         """
         return await self._prepare(query, custom_payload, timeout, None)
 
@@ -516,6 +530,10 @@ class AsyncCassandraSession:
         keyspace: str | None,
     ) -> PreparedStatement:
         session = self._check_open()
+        # What the driver would fail to encode after taking a stream id (see _driver).
+        _driver.check_text(query, "the CQL text to prepare")
+        if custom_payload:
+            _driver.check_payload(custom_payload)
         limit = timeout if timeout is not None else session.default_timeout
         await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled scope sends nothing
         try:
@@ -540,11 +558,7 @@ class AsyncCassandraSession:
         on the keyspace, so they follow the switch. Cancelled, the switch may or may not
         have happened on the session's connections: set it again before relying on it.
         """
-        if not isinstance(keyspace, str) or not _VALID_KEYSPACE.match(keyspace):
-            raise bad_argument(
-                f"{keyspace!r} is not a valid keyspace name: use 1 to 48 letters, digits "
-                "or underscores"
-            )
+        check_keyspace_name(keyspace)
         await self.execute(f'USE "{keyspace}"')
 
     # -- closing ---------------------------------------------------------------------
@@ -587,6 +601,15 @@ class AsyncCassandraSession:
         return f"<AsyncCassandraSession keyspace={self.keyspace!r} {state}>"
 
 
+def check_keyspace_name(keyspace: object) -> None:
+    """Raise QueryError (also ValueError) for a name Cassandra cannot have given a
+    keyspace, before it is sent anywhere."""
+    if not isinstance(keyspace, str) or not _VALID_KEYSPACE.match(keyspace):
+        raise bad_argument(
+            f"{keyspace!r} is not a valid keyspace name: use 1 to 48 letters, digits or underscores"
+        )
+
+
 def open_session(
     driver_session: DriverSession, *, max_concurrent_requests: int | None
 ) -> tuple[AsyncCassandraSession, SessionResources]:
@@ -594,6 +617,16 @@ def open_session(
     its shutdown (the driver's cluster shutdown closes the driver session too)."""
     session = AsyncCassandraSession(driver_session, max_concurrent_requests=max_concurrent_requests)
     return session, session._resources
+
+
+def _refuse_bind_markers(query: str) -> None:
+    if _uses_bind_markers(query):
+        raise bad_argument(
+            "this CQL text uses ? or :name bind markers, which only prepared statements "
+            "take: `stmt = await session.prepare(query)` then `await session.execute(stmt, "
+            "parameters)`, or pass the string with prepare=True (or use %s markers for a "
+            "plain string)"
+        )
 
 
 def _with_fetch_size(statement: Any, fetch_size: int) -> Any:

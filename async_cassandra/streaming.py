@@ -22,6 +22,7 @@ stream.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import threading
 import time
@@ -74,8 +75,9 @@ class StreamConfig:
     ``fetch_size``: rows per page. ``max_pages``: stop after this many pages, empty
     ones included (None: all). ``page_callback(page_number, rows_in_page)``: called on
     the event-loop thread (never a driver thread) as each page starts being consumed,
-    empty pages included (so an empty result calls it once, with ``(1, 0)``); an
-    exception it raises ends the stream with that exception. ``timeout_seconds``: how
+    empty pages included (so an empty result, once read, calls it once, with
+    ``(1, 0)``); an ``async def`` callback is awaited there; an exception it raises
+    ends the stream with that exception. ``timeout_seconds``: how
     long *each page* may take to arrive, counted from its request (default: the
     request's timeout, see ``session.execute``). 0.0.1 documented it as a limit on the
     whole stream but applied it per page, as here; for a limit on the whole stream, put
@@ -189,10 +191,16 @@ class AsyncStreamingResultSet:
     Cancelling a consumer stops the stream from asking for more pages.
 
     Every page the server sends counts, empty ones included (as in async-cassandra
-    0.0.1): :attr:`page_number` and ``page_callback`` see them, and an empty result is
-    one empty page. ``pages()`` skips empty pages. With a row factory that makes one
-    object per page (a pandas ``DataFrame``), read the stream with ``pages()``; ``async
-    for row`` then raises :class:`~async_cassandra.ConfigurationError`.
+    0.0.1): :attr:`page_number` and ``page_callback`` see them as the stream is read,
+    and an empty result is one empty page. ``pages()`` skips empty pages. With a row
+    factory that makes one object per page (a pandas ``DataFrame``), read the stream
+    with ``pages()``; ``async for row`` then raises
+    :class:`~async_cassandra.ConfigurationError`.
+
+    Counters (plain attributes, as in 0.0.1): ``page_number``, the pages consumed so
+    far (the current one included); ``total_rows_fetched``, rows that arrived;
+    ``empty_pages``, pages that arrived without rows; ``max_rows_held``, the most rows
+    held at once (never more than ``fetch_size * (1 + read_ahead)``).
     """
 
     def __init__(
@@ -264,6 +272,7 @@ class AsyncStreamingResultSet:
 
     @property
     def column_names(self) -> list[str] | None:
+        """The result's column names (None for a statement without rows)."""
         return _driver.column_names(self._request.future)
 
     @property
@@ -274,6 +283,7 @@ class AsyncStreamingResultSet:
 
     @property
     def is_closed(self) -> bool:
+        """Whether the stream was closed (or read to its end, or failed)."""
         return self._closed
 
     # -- rows ------------------------------------------------------------------------
@@ -407,7 +417,9 @@ class AsyncStreamingResultSet:
         callback = self._config.page_callback
         if callback is not None:
             try:
-                callback(self.page_number, len(raw))
+                outcome = callback(self.page_number, len(raw))
+                if inspect.isawaitable(outcome):  # an async def callback
+                    await outcome
             except BaseException:
                 await self.close()
                 raise

@@ -79,6 +79,21 @@ async def question_mark_on_a_plain_string(env: Env) -> None:
     await env.session.execute(f"SELECT * FROM {env.ks}.kv WHERE k = ?", [1])
 
 
+async def question_mark_on_a_simple_statement(env: Env) -> None:
+    await env.session.execute(SimpleStatement(f"SELECT * FROM {env.ks}.kv WHERE k = ?"), [1])
+
+
+async def prepare_true_on_a_simple_statement(env: Env) -> None:
+    statement = SimpleStatement(f"SELECT * FROM {env.ks}.kv WHERE k = ?")
+    await env.session.execute(statement, [1], prepare=True)
+
+
+async def signing_key_too_short(env: Env) -> None:
+    from async_cassandra.paging import PagingTokenSigner
+
+    PagingTokenSigner(b"short")
+
+
 async def invalid_keyspace_name(env: Env) -> None:
     await env.session.set_keyspace("bad-name; DROP KEYSPACE x")
 
@@ -192,6 +207,25 @@ async def unencodable_text_in_a_batch(env: Env) -> None:
     await env.session.execute(batch)
 
 
+async def unencodable_text_to_prepare(env: Env) -> None:
+    await env.session.prepare(f"SELECT * FROM {env.ks}.words WHERE w = '{LONE_SURROGATE}'")
+
+
+async def unencodable_text_with_prepare_true(env: Env) -> None:
+    query = f"SELECT * FROM {env.ks}.words WHERE k = ? AND w = '{LONE_SURROGATE}'"
+    await env.session.execute(query, [1], prepare=True)
+
+
+async def custom_payload_with_a_str_value_to_prepare(env: Env) -> None:
+    payload: Any = {"key": "text"}
+    await env.session.prepare(f"SELECT * FROM {env.ks}.kv", payload)
+
+
+async def connect_with_an_invalid_keyspace_name(env: Env) -> None:
+    async with AsyncCluster(env.node.contact_points, port=env.node.port) as cluster:
+        await cluster.connect(f"caf{LONE_SURROGATE}")
+
+
 async def custom_payload_with_a_str_value(env: Env) -> None:
     payload: Any = {"key": "text"}
     await env.session.execute(f"SELECT * FROM {env.ks}.kv", custom_payload=payload)
@@ -249,6 +283,9 @@ CASES: list[tuple[Callable[[Env], Awaitable[None]], type[Exception], type[Except
     (wrong_parameter_type, QueryError, TypeError, r'parameter 1 \("k", a CQL int\).*str'),
     (parameters_not_a_sequence, QueryError, TypeError, "Could not bind the parameters"),
     (question_mark_on_a_plain_string, QueryError, QueryError, "prepare"),
+    (question_mark_on_a_simple_statement, QueryError, QueryError, "bind markers.*prepare"),
+    (prepare_true_on_a_simple_statement, QueryError, TypeError, "prepare=True prepares a CQL"),
+    (signing_key_too_short, ConfigurationError, ValueError, "at least 16 bytes"),
     (invalid_keyspace_name, QueryError, QueryError, "not a valid keyspace name"),
     (set_keyspace_that_does_not_exist, QueryError, cassandra.InvalidRequest, "no_such_keyspace"),
     (batch_mixing_counter_and_regular, QueryError, cassandra.InvalidRequest, "ounter"),
@@ -308,6 +345,15 @@ CASES: list[tuple[Callable[[Env], Awaitable[None]], type[Exception], type[Except
         r'parameter 2 \("w", a CQL text\).*surrogates not allowed',
     ),
     (unencodable_text_in_a_batch, QueryError, ValueError, r"statement in the batch.*UTF-8"),
+    (unencodable_text_to_prepare, QueryError, ValueError, r"text to prepare.*'\\udce9'"),
+    (unencodable_text_with_prepare_true, QueryError, ValueError, r"text to prepare.*'\\udce9'"),
+    (
+        custom_payload_with_a_str_value_to_prepare,
+        QueryError,
+        TypeError,
+        r"custom_payload\['key'\] must be bytes",
+    ),
+    (connect_with_an_invalid_keyspace_name, QueryError, ValueError, "not a valid keyspace name"),
     (
         custom_payload_with_a_str_value,
         QueryError,
@@ -424,13 +470,16 @@ async def test_a_hundred_thousand_unencodable_requests_leave_the_session_serving
     # every request on the session failed until the connection was replaced.
     prepared = await env.session.prepare(f"INSERT INTO {env.ks}.words (k, w) VALUES (?, ?)")
     plain = f"INSERT INTO {env.ks}.words (k, w) VALUES (%s, %s)"
+    unpreparable = f"SELECT * FROM {env.ks}.words WHERE w = '{LONE_SURROGATE}'"
     refused = 0
     for i in range(BAD_REQUESTS):
         try:
-            if i % 2:
+            if i % 3 == 0:
                 await env.session.execute(plain, [i, LONE_SURROGATE])
-            else:
+            elif i % 3 == 1:
                 await env.session.execute(prepared, [i, LONE_SURROGATE])
+            else:
+                await env.session.prepare(unpreparable)
         except QueryError:
             refused += 1
     assert refused == BAD_REQUESTS

@@ -12,6 +12,8 @@ from typing import Any
 import anyio
 import pytest
 from _helpers import wait_until
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, ExecutionProfile
+from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 
 from async_cassandra import AsyncCluster
 from async_cassandra._portal import current_portal
@@ -73,8 +75,16 @@ async def test_a_thousand_cancelled_executes_leave_nothing_behind(
 
 
 async def test_deadline_becomes_the_driver_timeout(pausable_node: LocalCassandra) -> None:
+    # The profile's own timeout is far longer than the test: if the caller's deadline
+    # did not reach the driver's timer, the slots below would stay taken for 600 s.
+    policy = TokenAwarePolicy(DCAwareRoundRobinPolicy())
+    profile = ExecutionProfile(load_balancing_policy=policy, request_timeout=600)
     async with (
-        AsyncCluster(pausable_node.contact_points, port=pausable_node.native_port) as cluster,
+        AsyncCluster(
+            pausable_node.contact_points,
+            port=pausable_node.native_port,
+            execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+        ) as cluster,
         await cluster.connect() as session,
     ):
         given_timeouts: list[float] = []
@@ -88,14 +98,15 @@ async def test_deadline_becomes_the_driver_timeout(pausable_node: LocalCassandra
             with pytest.raises(TimeoutError), anyio.fail_after(0.3):
                 await session.execute("SELECT * FROM system.local")
             elapsed = time.perf_counter() - began
+            # The driver gives up by itself, the node still frozen, so the slot is free
+            # again without the server: its timer had the deadline, not the 600 s.
+            await wait_until(lambda: session.requests_in_flight == 0, "the driver timed out")
+            assert session.requests_registered == 0
         finally:
             pausable_node.resume()
         print(f"fail_after(0.3) around a stalled query raised after {elapsed:.3f} s")
         assert len(given_timeouts) == 1
         assert 0 < given_timeouts[0] <= 0.3
-        # The driver gave up by itself, so the slot is free again without the server.
-        await wait_until(lambda: session.requests_in_flight == 0, "the driver timed out")
-        assert session.requests_registered == 0
         # A generous bound that only catches a hang, not a slow machine.
         assert elapsed < 5
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import cassandra
 import pytest
 from _helpers import wait_until
@@ -274,6 +275,24 @@ async def test_a_config_changed_after_it_was_made_is_used_and_checked(
     assert isinstance(raised.value, ValueError)
     assert session.requests_registered == 0
     assert len((await session.execute(f"SELECT * FROM {tables}.nums")).all()) == 25
+
+
+@pytest.mark.anyio
+async def test_an_async_page_callback_is_awaited(
+    session: AsyncCassandraSession, tables: str
+) -> None:
+    calls: list[tuple[int, int]] = []
+
+    async def report(page: int, rows: int) -> None:
+        await anyio.lowlevel.checkpoint()  # it really is awaited
+        calls.append((page, rows))
+
+    config = StreamConfig(fetch_size=10, page_callback=report)
+    async with await session.execute_stream(
+        f"SELECT * FROM {tables}.nums", stream_config=config
+    ) as stream:
+        assert len([row async for row in stream]) == 25
+    assert calls == [(1, 10), (2, 10), (3, 5)]
 
 
 def _empty_queries(ks: str) -> list[Any]:

@@ -97,7 +97,9 @@ async def test_a_dataframe_factory_gets_every_row_of_every_page(
         assert list(frame.columns) == ["c", "v"]
         assert list(frame["c"]) == list(range(ROWS))
         assert list(frame["v"]) == [f"v{c}" for c in range(ROWS)]
-        for read_rows in (result.one, result.all, lambda: list(result), lambda: len(result)):
+        assert result._current_rows is frame  # the driver documentation's recipe
+        assert (len(result), bool(result)) == (ROWS, True)  # the frame knows its length
+        for read_rows in (result.one, result.all, lambda: list(result), lambda: result[0]):
             with pytest.raises(ConfigurationError, match=r"DataFrame.*current_rows"):
                 read_rows()
 

@@ -117,6 +117,12 @@ async def test_prepare_and_query_timeouts_say_how_long(
         await session.execute("SELECT * FROM system.local", timeout=0.5)
     _assert_timeout(raised.value, "within 0.5 s")
     assert isinstance(raised.value, cassandra.OperationTimedOut)
+
+    # A stream's timeout_seconds is every page's, the first included (was: 10 s).
+    config = StreamConfig(timeout_seconds=0.5)
+    with pytest.raises(TimeoutError) as raised:
+        await session.execute_stream("SELECT * FROM system.local", stream_config=config)
+    _assert_timeout(raised.value, "within 0.5 s")
     node.resume()
     await wait_until(lambda: session.requests_in_flight == 0, "the driver gave up")
     assert (await session.execute("SELECT key FROM system.local")).one().key == "local"
