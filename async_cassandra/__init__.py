@@ -16,6 +16,7 @@ from .exceptions import (
     TimeoutError,
 )
 from .result import AsyncResultSet
+from .retry_policy import AsyncRetryPolicy
 from .session import AsyncCassandraSession
 from .streaming import AsyncStreamingResultSet, StreamConfig, create_streaming_statement
 
@@ -26,6 +27,7 @@ __all__ = [
     "AsyncCassandraSession",
     "AsyncCluster",
     "AsyncResultSet",
+    "AsyncRetryPolicy",
     "AsyncStreamingResultSet",
     "AuthenticationError",
     "ConfigurationError",

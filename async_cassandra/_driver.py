@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from cassandra.auth import _proxy_execute_key
-from cassandra.cluster import _NOT_SET, ResponseFuture, _ConfigMode
+from cassandra.cluster import _NOT_SET, EXEC_PROFILE_DEFAULT, ResponseFuture, _ConfigMode
+from cassandra.cluster import Cluster as DriverCluster
 from cassandra.cluster import Session as DriverSession
 from cassandra.protocol import ExecuteMessage
 from cassandra.query import tuple_factory
@@ -30,6 +31,7 @@ __all__ = [
     "send",
     "server_warnings",
     "take_row_factory",
+    "use_default_retry_policy",
     "was_traced",
 ]
 
@@ -83,6 +85,15 @@ def configured_timeout(session: DriverSession, timeout: Any, execution_profile: 
     if session.cluster._config_mode == _ConfigMode.LEGACY:
         return session.default_timeout
     return session._maybe_get_execution_profile(execution_profile).request_timeout
+
+
+def use_default_retry_policy(cluster: DriverCluster, policy: Any) -> None:
+    """Make ``policy`` the cluster's default retry policy in either configuration mode:
+    the default execution profile's, and the legacy default, which the driver uses once
+    something switches the cluster to its legacy mode (``session.row_factory = ...``).
+    Set directly: the driver's setter for the latter would switch to legacy mode now."""
+    cluster.profile_manager.profiles[EXEC_PROFILE_DEFAULT].retry_policy = policy
+    cluster._default_retry_policy = policy
 
 
 def send(session: DriverSession, future: ResponseFuture) -> None:

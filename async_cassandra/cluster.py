@@ -14,8 +14,11 @@ import anyio
 import anyio.lowlevel
 import cassandra.cluster
 from cassandra.auth import PlainTextAuthProvider
+from cassandra.cluster import EXEC_PROFILE_DEFAULT
 from cassandra.cluster import Cluster as DriverCluster
+from cassandra.policies import ExponentialReconnectionPolicy
 
+from . import _driver
 from ._offloop import OffLoopCalls
 from ._resources import CLOSE_TIMEOUT, SessionResources, close_in_exit, close_within
 from .constants import DEFAULT_CONNECTION_TIMEOUT
@@ -29,11 +32,15 @@ from .exceptions import (
     category_of,
     translate_driver_error,
 )
+from .retry_policy import AsyncRetryPolicy
 from .session import AsyncCassandraSession, check_keyspace_name, open_session
 
 __all__ = ["AsyncCluster"]
 
 MIN_PROTOCOL_VERSION = 5
+# The default reconnection schedule, in seconds: from 1 s, doubling, at most 60 s apart.
+DEFAULT_RECONNECT_BASE_DELAY = 1.0
+DEFAULT_RECONNECT_MAX_DELAY = 60.0
 
 
 # Set in the thread that runs our driver calls whose warnings we expect and handle.
@@ -145,6 +152,13 @@ class AsyncCluster:
     ``max_concurrent_requests``: requests in flight per session (default 1024 per
     connected host); more wait as an ``await``.
 
+    Defaults that differ from the driver's: the retry policy is
+    :class:`~async_cassandra.AsyncRetryPolicy`, which never runs a statement that is not
+    marked idempotent twice (given no ``retry_policy`` and no ``execution_profiles``
+    entry for ``EXEC_PROFILE_DEFAULT``; yours are left alone), and a lost host is
+    reconnected to at exponentially growing intervals of at most 60 s, for ever (the
+    driver's reach 600 s); pass ``reconnection_policy`` to choose another.
+
     Raises :class:`ConfigurationError`, before any I/O, for an unknown keyword, a
     ``protocol_version`` below 5, and an option of the wrong type or out of range
     (contact points given as one string, a port outside 1-65535, no executor threads,
@@ -202,6 +216,12 @@ class AsyncCluster:
             "status_event_refresh_window": status_event_refresh_window,
             "connect_timeout": connect_timeout,
         }
+        if reconnection_policy is None:
+            # The driver's default backs off to 600 s: after an outage an application
+            # could wait ten minutes for a cluster that is back. Retried for ever.
+            reconnection_policy = ExponentialReconnectionPolicy(
+                DEFAULT_RECONNECT_BASE_DELAY, DEFAULT_RECONNECT_MAX_DELAY, max_attempts=None
+            )
         # Pass only what was given: the driver tells "unset" from None for several.
         for name, value in (
             ("auth_provider", auth_provider),
@@ -222,6 +242,12 @@ class AsyncCluster:
             raise ConfigurationError(f"invalid AsyncCluster option: {error}") from error
         except Exception as error:
             raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
+        profiles = driver_kwargs.get("execution_profiles") or {}
+        if retry_policy is None and EXEC_PROFILE_DEFAULT not in profiles:
+            # Neither a policy nor a default profile of the user's: ours, which never
+            # runs a write twice (the driver's retries any request error on the next
+            # host). A user's profiles keep their own.
+            _driver.use_default_retry_policy(self._cluster, AsyncRetryPolicy())
         self._max_concurrent_requests = max_concurrent_requests
         self._closed = False
         self._close_lock = threading.Lock()

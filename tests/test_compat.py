@@ -55,14 +55,11 @@ NAMES_OF_0_0_1 = [
     "ConnectionMetrics",
     "create_metrics_system",
 ]
-# Still to come: the retry policy (issue 11) and observability (issue 12).
-RETRY_POLICY_NAMES = {"AsyncRetryPolicy"}
-OBSERVABILITY_NAMES = set(NAMES_OF_0_0_1[10:]) - RETRY_POLICY_NAMES
+# Still to come: observability (issue 12).
+OBSERVABILITY_NAMES = set(NAMES_OF_0_0_1[10:])
 
 
 def _pending(name: str) -> Any:
-    if name in RETRY_POLICY_NAMES:
-        return pytest.mark.xfail(strict=True, reason="the retry policy issue adds it")
     if name in OBSERVABILITY_NAMES:
         return pytest.mark.xfail(strict=True, reason="the observability issue adds it")
     return ()
@@ -107,10 +104,10 @@ def test_constants_module_of_0_0_1() -> None:
     [
         pytest.param("metrics", marks=_pending("MetricsCollector")),
         pytest.param("monitoring", marks=_pending("ConnectionMonitor")),
-        pytest.param("retry_policy", marks=_pending("AsyncRetryPolicy")),
+        "retry_policy",
     ],
 )
-def test_module_paths_still_to_come(module: str) -> None:
+def test_module_paths_of_0_0_1(module: str) -> None:
     importlib.import_module(f"async_cassandra.{module}")
 
 
