@@ -25,14 +25,18 @@ from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import SimpleStatement
 
-from async_cassandra.testing import LauncherError, LocalCassandra, _node, cache_dir
+from async_cassandra.testing import LauncherError, LocalCassandra, cache_dir
+from async_cassandra.testing._config import MAIN_CLASS
+from async_cassandra.testing._java import find_java
+from async_cassandra.testing._pidfile import NODE_MARKER, PidRecord, pid_file
+from async_cassandra.testing._process import proc_alive, start_time
 
 REPO = Path(__file__).resolve().parents[1]
 MakeCluster = Callable[[list[str]], Cluster]
 
 
 def _alive(pid: int) -> bool:
-    return _node._proc_alive(pid)
+    return proc_alive(pid)
 
 
 def _python_env() -> dict[str, str]:
@@ -119,7 +123,7 @@ def test_three_node_cluster(make_cluster: MakeCluster) -> None:
 
     assert not any(_alive(pid) for pid in pids)
     assert not any(path.exists() for path in dirs)
-    assert not any(_node.pid_file(a, 9042).exists() for a in cluster.addresses)
+    assert not any(pid_file(a, 9042).exists() for a in cluster.addresses)
 
 
 def test_port_in_use_names_address_and_port() -> None:
@@ -127,11 +131,11 @@ def test_port_in_use_names_address_and_port() -> None:
     # A pid file left by a run whose node is gone: its directory is cleaned up first.
     leftover = Path(os.environ.get("TMPDIR", "/tmp")) / f"async-cassandra-test-{uuid.uuid4().hex}"
     (leftover / "node1").mkdir(parents=True)
-    (leftover / "node1" / _node._NODE_MARKER).touch()
+    (leftover / "node1" / NODE_MARKER).touch()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    _node.PidRecord(dead.pid, leftover / "node1", leftover, owner=dead.pid).write(
-        _node.pid_file("127.0.3.2", 9042)
+    PidRecord(dead.pid, leftover / "node1", leftover, owner=dead.pid).write(
+        pid_file("127.0.3.2", 9042)
     )
 
     with socket.socket() as squatter:
@@ -144,7 +148,7 @@ def test_port_in_use_names_address_and_port() -> None:
         assert time.monotonic() - started < 10
 
     assert not leftover.exists()
-    assert not _node.pid_file("127.0.3.2", 9042).exists()
+    assert not pid_file("127.0.3.2", 9042).exists()
 
 
 def test_node_of_a_live_run_is_not_killed(tmp_path: Path) -> None:
@@ -152,14 +156,14 @@ def test_node_of_a_live_run_is_not_killed(tmp_path: Path) -> None:
     # owned by this very (live) process: it is somebody's running node, not a stale one.
     node_dir = tmp_path / "node1"
     node_dir.mkdir()
-    (node_dir / _node._NODE_MARKER).touch()
+    (node_dir / NODE_MARKER).touch()
     fake = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(120)", _node._MAIN_CLASS, str(node_dir)]
+        [sys.executable, "-c", "import time; time.sleep(120)", MAIN_CLASS, str(node_dir)]
     )
     try:
-        owner_start = _node._start_time(os.getpid())
-        record = _node.PidRecord(fake.pid, node_dir, None, os.getpid(), owner_start)
-        record.write(_node.pid_file("127.0.3.9", 9042))
+        owner_start = start_time(os.getpid())
+        record = PidRecord(fake.pid, node_dir, None, os.getpid(), owner_start)
+        record.write(pid_file("127.0.3.9", 9042))
         assert record.is_our_node()
         with pytest.raises(
             LauncherError, match=rf"of another running process \(pid {os.getpid()}\)"
@@ -170,7 +174,7 @@ def test_node_of_a_live_run_is_not_killed(tmp_path: Path) -> None:
     finally:
         fake.kill()
         fake.wait()
-        _node.pid_file("127.0.3.9", 9042).unlink(missing_ok=True)
+        pid_file("127.0.3.9", 9042).unlink(missing_ok=True)
 
 
 def test_bad_java_path_fails_fast() -> None:
@@ -185,7 +189,7 @@ def test_bad_java_path_fails_fast() -> None:
 def test_missing_maven_says_install_it(
     how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    java = _node.find_java()  # resolved first: an empty PATH would hide it too
+    java = find_java()  # resolved first: an empty PATH would hide it too
     cache = tmp_path / "cache"
     monkeypatch.setenv("ASYNC_CASSANDRA_CACHE", str(cache))
     if how == "path":
@@ -228,7 +232,7 @@ def test_interrupt_during_start_stops_what_was_started(monkeypatch: pytest.Monke
     assert launched
     assert not any(_alive(pid) for pid in launched)
     assert not any(path.exists() for path in node.node_dirs)
-    assert not _node.pid_file("127.0.3.6", 9042).exists()
+    assert not pid_file("127.0.3.6", 9042).exists()
 
 
 _KILLED_RUN = textwrap.dedent(
@@ -278,10 +282,10 @@ def test_killed_run_leaves_nothing_behind(make_cluster: MakeCluster) -> None:
         assert not kept_dir.exists()
         # The new start also cleared the dead node's leftover directory.
         assert not dies_dir.exists()
-        assert not _node.pid_file("127.0.3.8", 9042).exists()
+        assert not pid_file("127.0.3.8", 9042).exists()
         driver = make_cluster(node.contact_points)
         assert driver.connect().execute("SELECT key FROM system.local").one().key == "local"
-    assert not _node.pid_file("127.0.3.7", 9042).exists()
+    assert not pid_file("127.0.3.7", 9042).exists()
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -308,7 +312,7 @@ def test_cli_start_status_stop(make_cluster: MakeCluster) -> None:
         assert status.returncode == 0, status.stdout + status.stderr
         assert "127.0.3.30:9042" in status.stdout
         assert "running" in status.stdout
-        record = _node.PidRecord.read(_node.pid_file("127.0.3.30", 9042))
+        record = PidRecord.read(pid_file("127.0.3.30", 9042))
         assert record is not None
         assert record.is_our_node()
 

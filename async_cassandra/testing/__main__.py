@@ -11,8 +11,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from ._detached import detached_status, start_detached, stop_detached
 from ._maven import CASSANDRA_VERSION, LauncherError
-from ._node import detached_status, start_detached, stop_detached
 
 _PROG = "python -m async_cassandra.testing"
 

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -26,16 +25,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from ._java import find_java
 from ._maven import LauncherError, simulacron_jar
-from ._node import (
-    _free_port,
-    _loopback,
-    _pdeathsig_preexec,
-    _port_free,
-    _tail,
-    _tcp_ready,
-    find_java,
-)
+from ._net import free_port, loopback, port_free, tcp_ready
+from ._process import pdeathsig_preexec, tail, terminate
 
 __all__ = ["Simulacron"]
 
@@ -58,8 +51,8 @@ class Simulacron:
         java: str | os.PathLike[str] | None = None,
         startup_timeout: float = 60.0,
     ) -> None:
-        _loopback(ip)
-        _loopback(http_address)
+        loopback(ip)
+        loopback(http_address)
         self._ip = ip
         self._native_port = native_port
         self._http_address = http_address
@@ -102,11 +95,11 @@ class Simulacron:
         """The JVM's process id while it runs."""
         return self._proc.pid if self._proc is not None else None
 
-    def log_tail(self, lines: int = 40) -> str:
+    def logtail(self, lines: int = 40) -> str:
         """The last lines of Simulacron's output."""
         if self._dir is None:
             return ""
-        return _tail(self._dir / "simulacron.log", lines)
+        return tail(self._dir / "simulacron.log", lines)
 
     # ---------------------------------------------------------------- REST API
 
@@ -125,7 +118,7 @@ class Simulacron:
             raise LauncherError(f"Simulacron {method} {path} failed: {exc}: {detail}") from exc
         except OSError as exc:
             raise LauncherError(
-                f"Simulacron {method} {path} failed: {exc}; its log:\n{self.log_tail()}"
+                f"Simulacron {method} {path} failed: {exc}; its log:\n{self.logtail()}"
             ) from exc
         return json.loads(text) if text.strip() else None
 
@@ -207,13 +200,13 @@ class Simulacron:
 
     def _start(self) -> None:
         java = find_java(self._java)
-        if not _port_free(self._ip, self._native_port):
+        if not port_free(self._ip, self._native_port):
             raise LauncherError(
                 f"port {self._native_port} on {self._ip} is already in use by another "
                 "process; stop it or pass ip=... / native_port=..."
             )
         if self._http_port is None:
-            self._http_port = _free_port(self._http_address)
+            self._http_port = free_port(self._http_address)
         jar = simulacron_jar()
         self._dir = Path(tempfile.mkdtemp(prefix="async-cassandra-simulacron-"))
         cmd = [java, "-jar", str(jar), "--ip", self._ip]
@@ -229,17 +222,17 @@ class Simulacron:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_pdeathsig_preexec(),
+                preexec_fn=pdeathsig_preexec(),
             )
         deadline = began + self._startup_timeout
-        self._wait(deadline, lambda: _tcp_ready(self._http_address, self._http_port or 0))
+        self._wait(deadline, lambda: tcp_ready(self._http_address, self._http_port or 0))
         name = f"acs-simulacron-{os.getpid()}"
         query = urllib.parse.urlencode({"data_centers": "1", "name": name})
         created = self.api("POST", f"/cluster?{query}")
         if not isinstance(created, dict) or "id" not in created:
             raise LauncherError(f"Simulacron answered POST /cluster with {created!r}")
         self._cluster_id = int(created["id"])
-        self._wait(deadline, lambda: _tcp_ready(self._ip, self._native_port))
+        self._wait(deadline, lambda: tcp_ready(self._ip, self._native_port))
         self.start_seconds = time.monotonic() - began
 
     def _wait(self, deadline: float, ready: Callable[[], bool]) -> None:
@@ -249,12 +242,12 @@ class Simulacron:
             if code is not None:
                 raise LauncherError(
                     f"Simulacron exited with code {code} during start-up; last lines of "
-                    f"its log:\n{self.log_tail()}"
+                    f"its log:\n{self.logtail()}"
                 )
             if time.monotonic() > deadline:
                 raise LauncherError(
                     f"Simulacron was not ready within {self._startup_timeout:.0f} s; last "
-                    f"lines of its log:\n{self.log_tail()}"
+                    f"lines of its log:\n{self.logtail()}"
                 )
             time.sleep(0.1)
 
@@ -267,15 +260,7 @@ class Simulacron:
             self._stopped = True
         with contextlib.suppress(Exception):
             atexit.unregister(self.stop)
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        if self._proc is not None:
+            terminate([self._proc], grace)
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
