@@ -121,6 +121,14 @@ def test_three_node_cluster(make_cluster: MakeCluster) -> None:
         finally:
             driver.shutdown()
 
+        # stop() stops every node whatever state it is in: here one stopped and one
+        # killed on their own before it, and one still running.
+        cluster.stop_node(1)
+        cluster.kill(2)
+        assert [cluster.is_running(i) for i in range(3)] == [True, False, False]
+        assert (dirs[1] / "data").is_dir()
+        assert (dirs[2] / "data").is_dir()
+
     assert not any(_alive(pid) for pid in pids)
     assert not any(path.exists() for path in dirs)
     assert not any(pid_file(a, 9042).exists() for a in cluster.addresses)

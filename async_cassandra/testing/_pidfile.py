@@ -4,6 +4,10 @@ Every node we start gets ``<cache>/run/<address>-<port>.pid``, naming its JVM, i
 directory and the Python process that owns it. A later launcher reads them to clean up
 after a run that was killed (its nodes died with it, or still hold their ports) and to
 refuse to touch a node that a live process, or the CLI, still owns.
+
+A pid file whose JVM is gone while its owner still runs belongs to a node stopped on
+purpose (``stop_node`` / ``kill``), which its owner may start again on the same data: it
+is left alone until its owner stops the cluster or dies.
 """
 
 from __future__ import annotations
@@ -115,7 +119,20 @@ class PidRecord:
         """True if the Python process that started the node still runs."""
         if self.owner is None:
             return False
+        if self.owner_start is None:
+            # No start time was recorded (no /proc): the pid is all there is to go on.
+            return proc_alive(self.owner)
         return start_time(self.owner) == self.owner_start
+
+    def is_stopped_node(self) -> bool:
+        """True if the JVM is gone but the process that owns the node still runs and its
+        directory is still there: a node stopped on purpose, which its owner may start
+        again on the same data."""
+        return (
+            not self.is_our_node()
+            and self.owner_alive()
+            and (self.node_dir / NODE_MARKER).is_file()
+        )
 
     def remove_files(self) -> None:
         """Delete the node directory (and the emptied temporary base directory)."""
@@ -143,7 +160,11 @@ def stop_recorded_node(address: str, native_port: int, grace: float = 20.0) -> b
 
 
 def clean_dead_pid_files() -> None:
-    """Pid files of nodes whose process is gone: delete their leftover node dirs."""
+    """Pid files of nodes whose process is gone: delete their leftover node dirs.
+
+    A node stopped on purpose by a process that still runs is not left over: see
+    :meth:`PidRecord.is_stopped_node`.
+    """
     folder = run_dir()
     if not folder.is_dir():
         return
@@ -151,6 +172,8 @@ def clean_dead_pid_files() -> None:
         record = PidRecord.read(path)
         if record is None or not record.is_our_node():
             if record is not None:
+                if record.is_stopped_node():
+                    continue
                 record.remove_files()
             path.unlink(missing_ok=True)
 
@@ -159,10 +182,20 @@ def clear_stale(address: str, native_port: int) -> None:
     """Stop our node left on ``address:native_port`` by a run that was killed.
 
     A node of a live process, or one started by the CLI, is not stale: we say so instead
-    of killing somebody's demo or test run.
+    of killing somebody's demo or test run. Neither is a node that a live process stopped
+    for now (``stop_node`` / ``kill``): its address and data are still that process's.
     """
     record = PidRecord.read(pid_file(address, native_port))
-    if record is None or not record.is_our_node():
+    if record is None:
+        return
+    if not record.is_our_node():
+        if record.is_stopped_node():
+            raise LauncherError(
+                f"{address}:{native_port} belongs to a Cassandra node of a running process "
+                f"(pid {record.owner}) that is stopped for now (stop_node or kill: its data "
+                f"in {record.node_dir} is kept for start_node); stop that cluster, or pass "
+                "address=... / set ASYNC_CASSANDRA_ADDRESS to use another loopback address"
+            )
         return
     if record.owner is None:
         raise LauncherError(

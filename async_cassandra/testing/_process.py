@@ -20,7 +20,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 __all__ = [
+    "all_threads_running",
     "all_threads_stopped",
+    "kill_group",
     "kill_pid",
     "pdeathsig_preexec",
     "proc_alive",
@@ -121,6 +123,17 @@ def all_threads_stopped(pid: int) -> bool:
     return bool(states) and all(state in ("T", "t") for state in states)
 
 
+def all_threads_running(pid: int) -> bool:
+    """True once no thread of ``pid`` is stopped any more: a SIGCONT has taken hold.
+
+    Without /proc (not Linux) there is nothing to look at: True.
+    """
+    states = _thread_states(pid)
+    if states is None:
+        return True
+    return bool(states) and not any(state in ("T", "t") for state in states)
+
+
 def reap(pid: int) -> None:
     """Collect ``pid`` if it is an exited child of ours, so it does not linger as a
     zombie (a detached node started earlier in this process, say)."""
@@ -177,6 +190,17 @@ def terminate(procs: Sequence[subprocess.Popen[bytes]], grace: float) -> None:
         except subprocess.TimeoutExpired:
             _signal_group(proc, signal.SIGKILL)
             proc.wait()
+
+
+def kill_group(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """SIGKILL the process group ``proc`` leads; True once ``proc`` is reaped, False if it
+    is still there after ``timeout`` s (a process stuck in the kernel)."""
+    _signal_group(proc, signal.SIGKILL)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 _STACK_FRAME = re.compile(r"^\s+(at |\.\.\. \d+ (more|common frames omitted))")
