@@ -21,6 +21,13 @@
   paused, so one test's failure does not become the next one's.
 - ``simulacron`` (session): a Simulacron node on 127.0.1.1 (protocol v4 only, primed
   answers and faults).
+- ``simulacron3`` (session): a Simulacron cluster of three nodes on 127.0.2.1-3 (one data
+  center), for tests of retry and load-balancing policies: prime faults on one node or
+  all (``prime_overloaded(query, node=1)``...), count each node's attempts
+  (``attempts(query_prefix)``), stop a node's listener, close its connections; connect
+  with ``driver_cluster()`` (protocol v4, nodes tried in order). Every test that uses
+  it starts with no primes, an empty activity log and every node listening (``reset()``
+  runs first), so prime inside the test, not in a fixture of a wider scope.
 
 All are synchronous, so they work under any async test backend. A node that fails to
 start makes the tests that need it error with the launcher's message and log tail; they
@@ -60,11 +67,14 @@ __all__ = [
     "cassandra_node",
     "cassandra_tls_node",
     "simulacron",
+    "simulacron3",
 ]
 
 AUTH_ADDRESS = "127.0.0.20"
 TLS_ADDRESS = "127.0.0.21"
 CLUSTER3_ADDRESS = "127.0.0.61"
+SIMULACRON_ADDRESS = "127.0.1.1"
+SIMULACRON3_ADDRESS = "127.0.2.1"
 
 
 @dataclass(frozen=True)
@@ -167,8 +177,24 @@ def cassandra_cluster3() -> Iterator[CassandraCluster]:
 @pytest.fixture(scope="session")
 def simulacron() -> Iterator[Simulacron]:
     """A Simulacron node on 127.0.1.1 (protocol v4 only)."""
-    with Simulacron() as sim:
+    with Simulacron(SIMULACRON_ADDRESS) as sim:
         yield sim
+
+
+@pytest.fixture(scope="session")
+def simulacron3() -> Iterator[Simulacron]:
+    """Three Simulacron nodes on 127.0.2.1-3, one cluster (protocol v4 only); each test
+    using it starts with no primes, an empty activity log and every node listening."""
+    with Simulacron(SIMULACRON3_ADDRESS, nodes=3) as sim:
+        yield sim
+
+
+@pytest.fixture(autouse=True)
+def _simulacron3_reset(request: pytest.FixtureRequest) -> None:
+    # Autouse, and a no-op for tests that do not use simulacron3 (directly or through
+    # another fixture): the session fixture itself cannot act between tests.
+    if "simulacron3" in request.fixturenames:
+        request.getfixturevalue("simulacron3").reset()
 
 
 @pytest.fixture(scope="session")
