@@ -5,6 +5,8 @@
   `nox -s lint tests` (also plain `nox`) is the README's test command, which CI runs.
 - demo:  the main job: start a local node, write and read rows on asyncio and trio.
 - bench: the benchmarks (figures to bench-results/).
+- reliability: every node-failure scenario on a 3-node cluster and Simulacron
+  (figures to bench-results/reliability.json); about 20 minutes.
 """
 
 from __future__ import annotations
@@ -60,3 +62,19 @@ def bench(session: nox.Session) -> None:
     _install(session)
     session.run("python", "tests/benchmarks/point_reads.py", *session.posargs)
     session.run("python", "tests/benchmarks/stream_rows.py", *session.posargs)
+
+
+@nox.session
+def reliability(session: nox.Session) -> None:
+    """Every node-failure scenario (tests/test_reliability.py, the long ones included,
+    and the retry policy on three Simulacron nodes), on asyncio and trio; provisions
+    and stops its own nodes. Figures go to bench-results/reliability.json."""
+    _install(session, "test")
+    session.run(
+        "pytest",
+        "-m",
+        "",
+        "tests/test_reliability.py",
+        "tests/test_retry_policy_simulacron.py",
+        *session.posargs,
+    )
