@@ -53,7 +53,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(900)]
 reliability = pytest.mark.reliability
 
 RESULTS = Path(__file__).resolve().parent.parent / "bench-results" / "reliability.json"
-QUORUM, ONE = ConsistencyLevel.QUORUM, ConsistencyLevel.ONE
+QUORUM, ONE, ALL = ConsistencyLevel.QUORUM, ConsistencyLevel.ONE, ConsistencyLevel.ALL
 
 
 @pytest.fixture(scope="session")
@@ -110,6 +110,14 @@ async def rf3(
     """A session on the 3-node cluster and a table ``t`` in a fresh RF=3 keyspace."""
     async with connected(cassandra_cluster3, cassandra_keyspace_rf3) as connection:
         yield connection
+
+
+async def write_everywhere(session: AsyncCassandraSession, table: str, k: int, v: str) -> None:
+    """Write a row at ALL: every replica has it, so a read at ONE through any node finds
+    it, even after nodes are killed (the cluster's nodes sync their commit log before
+    they acknowledge)."""
+    insert = SimpleStatement(f"INSERT INTO {table} (k, v) VALUES (%s, %s)", consistency_level=ALL)
+    await session.execute(insert, [k, v])
 
 
 def host_of(cluster: AsyncCluster, address: str) -> Any:
@@ -261,7 +269,7 @@ async def test_a_frozen_coordinator_times_out_at_the_callers_deadline(
     cluster, session, table = rf3
     launcher = cassandra_cluster3.launcher
     insert = await session.prepare(f"INSERT INTO {table} (k, v) VALUES (?, ?)")
-    insert.consistency_level = QUORUM
+    insert.consistency_level = ALL  # a read at ONE through node 1 finds it
     await session.execute(insert, [1, "one"])
     select = await session.prepare(f"SELECT v FROM {table} WHERE k = ?")
     host = host_of(cluster, launcher.addresses[1])
@@ -309,6 +317,7 @@ async def test_a_coordinator_frozen_between_pages_of_a_stream(
     cluster, session, table = rf3
     launcher = cassandra_cluster3.launcher
     insert = await session.prepare(f"INSERT INTO {table} (k, v) VALUES (?, ?)")
+    insert.consistency_level = ALL  # the count at ONE below sees every row
     async with anyio.create_task_group() as group:
         for k in range(100):
             group.start_soon(session.execute, insert, [k, f"v{k}"])
@@ -440,7 +449,7 @@ async def test_prepared_statements_survive_a_restart_and_a_recreated_table(
 ) -> None:
     cluster, session, table = rf3
     launcher = cassandra_cluster3.launcher
-    await session.execute(f"INSERT INTO {table} (k, v) VALUES (4, 'four')")
+    await write_everywhere(session, table, 4, "four")
     select = await session.prepare(f"SELECT v FROM {table} WHERE k = ?")
     host = host_of(cluster, launcher.addresses[1])
     began = time.monotonic()
@@ -464,7 +473,7 @@ async def test_prepared_statements_survive_a_restart_and_a_recreated_table(
     # again by the driver on its first use (the server forgot it), and works.
     await session.execute(f"DROP TABLE {table}")
     await session.execute(f"CREATE TABLE {table} (k int PRIMARY KEY, v text)")
-    await session.execute(f"INSERT INTO {table} (k, v) VALUES (4, 'again')")
+    await write_everywhere(session, table, 4, "again")
     assert (await session.execute(select, [4])).one().v == "again"
 
     # A column the statement reads dropped: a QueryError that names it.
@@ -494,7 +503,7 @@ async def test_a_whole_cluster_down_fails_fast_and_comes_back_within_the_reconne
 ) -> None:
     _, session, table = rf3
     launcher = cassandra_cluster3.launcher
-    await session.execute(f"INSERT INTO {table} (k, v) VALUES (6, 'six')")
+    await write_everywhere(session, table, 6, "six")
     for index in range(3):
         launcher.kill(index)
     down_since = time.monotonic()
@@ -579,7 +588,7 @@ async def test_a_thousand_requests_past_their_deadline_free_everything(
 ) -> None:
     cluster, session, table = rf3
     launcher = cassandra_cluster3.launcher
-    await session.execute(f"INSERT INTO {table} (k, v) VALUES (9, 'nine')")
+    await write_everywhere(session, table, 9, "nine")
     select = await session.prepare(f"SELECT v FROM {table} WHERE k = ?")
     host = host_of(cluster, launcher.addresses[1])
     deadline = 1.0
@@ -649,24 +658,36 @@ async def test_a_cancellation_storm_leaves_nothing_behind(
     async with connected(
         cassandra_cluster3, cassandra_keyspace_rf3, max_concurrent_requests=20_000
     ) as (cluster, session, table):
-        await session.execute(f"INSERT INTO {table} (k, v) VALUES (10, 'ten')")
+        await write_everywhere(session, table, 10, "ten")
         select = await session.prepare(f"SELECT v FROM {table} WHERE k = ?")
         host = host_of(cluster, launcher.addresses[1])
         late: list[float] = []  # how long after its cancel each call returned
+        # The same, for cancels due once every call of the round had started: 10,000
+        # calls starting at once keep the loop busy sending for a second or more, and a
+        # cancel due meanwhile waits for the loop, not for the driver or the node.
+        late_on_a_free_loop: list[float] = []
+        start_phases: list[float] = []  # from the round's first start to its last
         not_cancelled = 0
         rss: list[int] = []
         objects: list[int] = []  # objects the collector tracks, after each round
 
+        starts: list[float] = []
+        cancels: list[tuple[float, float]] = []  # (due, returned) of this round's calls
+
         async def cancelled_at_random() -> None:
             nonlocal not_cancelled
-            with anyio.CancelScope(deadline=anyio.current_time() + random.uniform(0, 0.5)) as scope:
+            now = anyio.current_time()
+            starts.append(now)
+            with anyio.CancelScope(deadline=now + random.uniform(0, 0.5)) as scope:
                 await session.execute(select, [10], host=host)
             if scope.cancelled_caught:
-                late.append(anyio.current_time() - scope.deadline)
+                cancels.append((scope.deadline, anyio.current_time()))
             else:
                 not_cancelled += 1
 
         for _ in range(rounds):
+            starts.clear()
+            cancels.clear()
             launcher.pause(1)
             try:
                 async with anyio.create_task_group() as group:
@@ -674,6 +695,11 @@ async def test_a_cancellation_storm_leaves_nothing_behind(
                         group.start_soon(cancelled_at_random)
             finally:
                 launcher.resume(1)
+            start_phases.append(max(starts) - min(starts))
+            late.extend(returned - due for due, returned in cancels)
+            late_on_a_free_loop.extend(
+                returned - due for due, returned in cancels if due > max(starts) + 0.01
+            )
             await wait_until(
                 lambda: (
                     (
@@ -731,6 +757,11 @@ async def test_a_cancellation_storm_leaves_nothing_behind(
         cancel_returned_late_ms_median=round(quantile(late, 0.5) * 1000, 1),
         cancel_returned_late_ms_p99=round(quantile(late, 0.99) * 1000, 1),
         cancel_returned_late_ms_max=round(max(late) * 1000, 1),
+        start_phase_s_median=round(statistics.median(start_phases), 3),
+        cancels_due_on_a_free_loop=len(late_on_a_free_loop),
+        free_loop_cancel_late_ms_median=round(quantile(late_on_a_free_loop, 0.5) * 1000, 1),
+        free_loop_cancel_late_ms_p99=round(quantile(late_on_a_free_loop, 0.99) * 1000, 1),
+        free_loop_cancel_late_ms_max=round(max(late_on_a_free_loop, default=0) * 1000, 1),
         rss_growth_mb_after_warm_rounds=round(growth / 2**20, 2),
         rss_target_mb=5,
         warm_rounds=WARM_ROUNDS,
