@@ -24,7 +24,8 @@ import logging
 import statistics
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 from random import Random
 from typing import Any
@@ -574,6 +575,15 @@ def problems_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
     ]
 
 
+async def outcome_of(call: Awaitable[Any]) -> str:
+    """``"answered"``, or the class name of the exception ``call`` raised."""
+    try:
+        await call
+    except Exception as error:  # counted; the tests say which outcomes may occur
+        return type(error).__name__
+    return "answered"
+
+
 def quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
@@ -593,20 +603,18 @@ async def test_a_thousand_requests_past_their_deadline_free_everything(
     host = host_of(cluster, launcher.addresses[1])
     deadline = 1.0
     overruns: list[float] = []
-    outcomes: dict[str, int] = {}
+    outcomes: Counter[str] = Counter()
+
+    async def within_deadline() -> None:
+        with anyio.fail_after(deadline):
+            await session.execute(select, [9], host=host)
 
     async def one() -> None:
         began = time.monotonic()
-        try:
-            with anyio.fail_after(deadline):
-                await session.execute(select, [9], host=host)
-            kind = "answered"
-        except TimeoutError:
-            kind = "TimeoutError"
+        kind = await outcome_of(within_deadline())
+        if kind == "TimeoutError":
             overruns.append(time.monotonic() - began - deadline)
-        except Exception as error:  # counted, and the test fails on it below
-            kind = type(error).__name__
-        outcomes[kind] = outcomes.get(kind, 0) + 1
+        outcomes[kind] += 1
 
     launcher.pause(1)
     try:
@@ -627,7 +635,7 @@ async def test_a_thousand_requests_past_their_deadline_free_everything(
     next_answer = time.monotonic() - began
     assert row.v == "nine"
     await anyio.sleep(1.0)  # time for the late answers to come and be dropped
-    assert outcomes == {"TimeoutError": 1000}
+    assert dict(outcomes) == {"TimeoutError": 1000}
     assert (session.requests_in_flight, session.requests_registered) == (0, 0)
     assert session.requests_waiting == 0
     assert problems_logged(caplog) == []
@@ -637,7 +645,7 @@ async def test_a_thousand_requests_past_their_deadline_free_everything(
         backend_name(),
         requests=1000,
         deadline_s=deadline,
-        outcomes=outcomes,
+        outcomes=dict(outcomes),
         overrun_ms_median=round(quantile(overruns, 0.5) * 1000, 1),
         overrun_ms_max=round(max(overruns) * 1000, 1),
         in_flight_after_deadline=in_flight_while_frozen,
@@ -721,15 +729,10 @@ async def test_a_cancellation_storm_leaves_nothing_behind(
         object_growth = objects[-1] - objects[WARM_ROUNDS - 1]
 
         # Closing with 2,000 requests out: each ends with ConnectionError, at once.
-        outcomes: dict[str, int] = {}
+        outcomes: Counter[str] = Counter()
 
         async def waits_for_the_frozen_node() -> None:
-            try:
-                await session.execute(select, [10], host=host)
-                kind = "answered"
-            except Exception as error:
-                kind = type(error).__name__
-            outcomes[kind] = outcomes.get(kind, 0) + 1
+            outcomes[await outcome_of(session.execute(select, [10], host=host))] += 1
 
         launcher.pause(1)
         try:
@@ -742,7 +745,7 @@ async def test_a_cancellation_storm_leaves_nothing_behind(
             closed_after = time.monotonic() - began
         finally:
             launcher.resume(1)
-    assert outcomes == {"ConnectionError": 2000}
+    assert dict(outcomes) == {"ConnectionError": 2000}
     assert problems_logged(caplog) == []
     # Nothing is left behind per request: 190,000 calls after the warm rounds, and the
     # objects the collector tracks stay put (a leak of one per call would be 190,000).
@@ -767,6 +770,6 @@ async def test_a_cancellation_storm_leaves_nothing_behind(
         warm_rounds=WARM_ROUNDS,
         tracked_objects_per_round=objects,
         rss_mb_per_round=rss_mb,
-        close_with_2000_in_flight=outcomes,
+        close_with_2000_in_flight=dict(outcomes),
         close_took_s=round(closed_after, 3),
     )

@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -399,22 +399,9 @@ class LocalCassandra:
         Raises :class:`LauncherError` (with the log tail) if the node is not running,
         dies, or has a thread still running after ``timeout`` s.
         """
-        node, proc = self._running_node(index)
-        pid = proc.pid
-        os.kill(pid, signal.SIGSTOP)
-        deadline = time.monotonic() + timeout
-        while not all_threads_stopped(pid):
-            if not proc_alive(pid):
-                raise LauncherError(
-                    f"node {index} (pid {pid}) died while being paused; last lines of its "
-                    f"log:\n{node.tail(40)}"
-                )
-            if time.monotonic() > deadline:
-                raise LauncherError(
-                    f"node {index} (pid {pid}) did not stop within {timeout} s; last lines "
-                    f"of its log:\n{node.tail(40)}"
-                )
-            time.sleep(0.001)
+        self._signal_and_wait(
+            index, signal.SIGSTOP, all_threads_stopped, "paused", "did not stop", timeout
+        )
 
     def resume(self, index: int = 0, timeout: float = 10.0) -> None:
         """Undo :meth:`pause` (SIGCONT). Returns once no thread of the JVM is stopped any
@@ -423,20 +410,40 @@ class LocalCassandra:
         Raises :class:`LauncherError` (with the log tail) if the node is not running,
         dies, or has a thread still stopped after ``timeout`` s.
         """
+        self._signal_and_wait(
+            index,
+            signal.SIGCONT,
+            all_threads_running,
+            "resumed",
+            "still had a stopped thread",
+            timeout,
+        )
+
+    def _signal_and_wait(
+        self,
+        index: int,
+        signum: signal.Signals,
+        done: Callable[[int], bool],
+        doing: str,
+        failed: str,
+        timeout: float,
+    ) -> None:
+        """Send ``signum`` to node ``index`` and poll until ``done(pid)``: the kernel
+        stops or wakes a process's threads one after another, not at once."""
         node, proc = self._running_node(index)
         pid = proc.pid
-        os.kill(pid, signal.SIGCONT)
+        os.kill(pid, signum)
         deadline = time.monotonic() + timeout
-        while not all_threads_running(pid):
+        while not done(pid):
             if not proc_alive(pid):
                 raise LauncherError(
-                    f"node {index} (pid {pid}) died while being resumed; last lines of its "
+                    f"node {index} (pid {pid}) died while being {doing}; last lines of its "
                     f"log:\n{node.tail(40)}"
                 )
             if time.monotonic() > deadline:
                 raise LauncherError(
-                    f"node {index} (pid {pid}) still had a stopped thread {timeout} s after "
-                    f"SIGCONT; last lines of its log:\n{node.tail(40)}"
+                    f"node {index} (pid {pid}) {failed} {timeout} s after "
+                    f"{signum.name}; last lines of its log:\n{node.tail(40)}"
                 )
             time.sleep(0.001)
 
