@@ -519,28 +519,34 @@ async def test_a_whole_cluster_down_fails_fast_and_comes_back_within_the_reconne
     down_since = time.monotonic()
     slowest_failure = 0.0
     failures: dict[str, int] = {}
-    try:
-        while time.monotonic() - down_since < 30:
-            began = time.monotonic()
-            try:
-                await session.execute(f"SELECT v FROM {table} WHERE k = 6")
-            except (ConnectionError, AsyncTimeoutError) as error:
-                kind = "ConnectionError" if isinstance(error, ConnectionError) else "TimeoutError"
-                failures[kind] = failures.get(kind, 0) + 1
-                slowest_failure = max(slowest_failure, time.monotonic() - began)
-            await anyio.sleep(0.5)
-    finally:
+    # A node this test leaves down is started again by the next test's keyspace fixture.
+    while time.monotonic() - down_since < 30:
+        began = time.monotonic()
+        try:
+            await session.execute(f"SELECT v FROM {table} WHERE k = 6")
+        except (ConnectionError, AsyncTimeoutError) as error:
+            kind = "ConnectionError" if isinstance(error, ConnectionError) else "TimeoutError"
+            failures[kind] = failures.get(kind, 0) + 1
+            slowest_failure = max(slowest_failure, time.monotonic() - began)
+        await anyio.sleep(0.5)
+
+    back: list[float] = []  # when each node answered CQL again, one after another
+
+    def start_every_node() -> None:
         for index in range(3):
             launcher.start_node(index)
-    back = time.monotonic()
-    with anyio.fail_after(120):
-        while True:
-            try:
-                row = (await session.execute(f"SELECT v FROM {table} WHERE k = 6")).one()
-                break
-            except (ConnectionError, AsyncTimeoutError):
-                await anyio.sleep(0.2)
-    first_success = time.monotonic() - back
+            back.append(time.monotonic())
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(anyio.to_thread.run_sync, start_every_node)
+        with anyio.fail_after(180):
+            while True:
+                try:
+                    row = (await session.execute(f"SELECT v FROM {table} WHERE k = 6")).one()
+                    break
+                except (ConnectionError, AsyncTimeoutError):
+                    await anyio.sleep(0.2)
+        first_success = time.monotonic() - back[0] if back else 0.0
     assert row.v == "six"
     assert set(failures) == {"ConnectionError"}, failures  # failing fast, not timing out
     record(
@@ -549,7 +555,7 @@ async def test_a_whole_cluster_down_fails_fast_and_comes_back_within_the_reconne
         backend_name(),
         failures_while_down=failures,
         slowest_failure_ms=round(slowest_failure * 1000, 1),
-        first_success_after_restart_s=round(first_success, 2),
+        first_success_after_first_node_back_s=round(first_success, 2),
         reconnect_cap_s=60.0,
     )
 
