@@ -157,7 +157,7 @@ async def test_a_node_killed_under_quorum_writes_loses_no_acknowledged_write(
         stop_at = [start + LOAD_SECONDS]  # pushed back once the node is back
 
         async def writer() -> None:
-            while time.monotonic() < stop_at[0]:
+            while time.monotonic() < stop_at[0] or "restarted_node_answers_cql" not in timeline:
                 key = next(keys)
                 began = time.monotonic()
                 try:
@@ -236,6 +236,9 @@ async def test_a_node_killed_under_quorum_writes_loses_no_acknowledged_write(
             for kind in ("ConnectionError", "TimeoutError")
         },
         in_doubt_applied=len(in_doubt & found.keys()),
+        in_doubt_by_second_ended=dict(
+            sorted(Counter(int(ended) for _, _, ended, o in calls if o != "acked").items())
+        ),
         other_errors=other_errors,
         timeline_s={name: round(at, 1) for name, at in timeline.items()},
         deadline_s=WRITE_DEADLINE,
