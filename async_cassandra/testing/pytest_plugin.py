@@ -131,7 +131,11 @@ def _driver(contact_points: list[str], port: int) -> Any:
 
     # The driver's own default policy, spelled out: without it every Cluster() logs a
     # "no load_balancing_policy" warning into the test output.
-    profile = ExecutionProfile(load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()))
+    # Schema changes get a minute: a node just restarted under load (hints to replay,
+    # commit log to read) can take longer than the driver's default 10 s to agree.
+    profile = ExecutionProfile(
+        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()), request_timeout=60.0
+    )
     return Cluster(contact_points, port=port, execution_profiles={EXEC_PROFILE_DEFAULT: profile})
 
 
