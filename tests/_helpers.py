@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import anyio
@@ -18,3 +19,12 @@ async def wait_until(condition: Callable[[], bool], what: str, limit: float = 30
             await anyio.sleep(0.01)
         return
     pytest.fail(f"timed out waiting until {what}")
+
+
+def poll_until(condition: Callable[[], bool], what: str, limit: float = 10.0) -> None:
+    """:func:`wait_until` for synchronous tests (the driver's own, Simulacron's)."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting until {what} (not within {limit} s)")
+        time.sleep(0.05)

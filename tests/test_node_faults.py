@@ -17,12 +17,12 @@ import os
 import struct
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import poll_until
 from cassandra import ConsistencyLevel, OperationTimedOut
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
 from cassandra.policies import (
@@ -74,14 +74,6 @@ def connect(
         yield driver, driver.connect()
     finally:
         driver.shutdown()
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s")
-        time.sleep(0.1)
 
 
 def host_up(driver: Cluster, address: str) -> bool:
@@ -151,7 +143,7 @@ def test_killed_node_starts_again_on_its_data(
                     launcher.kill(1)
 
                 # Gossip convicts the node in 10-20 s and tells the driver.
-                wait_for(lambda: not host_up(driver, killed), 60, "the driver sees node 1 down")
+                poll_until(lambda: not host_up(driver, killed), "the driver sees node 1 down", 60)
                 assert read(session, table, range(40)) == before
                 during = write(session, table, range(40, 50))
 
@@ -161,7 +153,7 @@ def test_killed_node_starts_again_on_its_data(
                 record = PidRecord.read(pid_file(killed, cassandra_cluster3.port))
                 assert record is not None
                 assert record.pid == launcher.pids[1]
-                wait_for(lambda: host_up(driver, killed), 60, "the driver sees node 1 up again")
+                poll_until(lambda: host_up(driver, killed), "the driver sees node 1 up again", 60)
                 assert read(session, table, range(50)) == before | during
             finally:
                 if not launcher.is_running(1):
@@ -202,7 +194,7 @@ def test_stopped_node_starts_again_with_its_data_and_token(
             assert now.tokens == was.tokens
             assert now.host_id == was.host_id
             assert read(pinned, table, range(30), ConsistencyLevel.ONE) == rows
-        wait_for(lambda: host_up(driver, stopped), 60, "the driver sees node 2 up again")
+        poll_until(lambda: host_up(driver, stopped), "the driver sees node 2 up again", 60)
         assert read(session, table, range(30)) == rows
 
 

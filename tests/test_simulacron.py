@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from _helpers import poll_until
 from cassandra import (
     ConsistencyLevel,
     OperationTimedOut,
@@ -70,13 +71,6 @@ def session(sim: Simulacron, cluster: Any) -> Any:
 
 def _hosts(cluster: Any) -> dict[str, Any]:
     return {host.address: host for host in cluster.metadata.all_hosts()}
-
-
-def _eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "not within the time allowed"
-        time.sleep(0.05)
 
 
 def _only_node_cluster(sim: Simulacron, node: int, **kwargs: Any) -> Any:
@@ -296,9 +290,9 @@ def test_prime_close_connection_scopes_and_types(
     elif scope == "connection":
         # The request's connection; the driver may then mark node 0 down and move its
         # control connection too, so at least one, and (below) no other node's.
-        _eventually(lambda: len(gone()) >= 1)
+        poll_until(lambda: len(gone()) >= 1, "a connection of node 0 is closed")
     else:
-        _eventually(lambda: gone() == before[0])
+        poll_until(lambda: gone() == before[0], "every connection of node 0 is closed")
     # Other nodes' connections are untouched.
     now = sim.connections()
     assert before[1] <= set(now[1])
@@ -428,7 +422,10 @@ def test_stop_listening_fails_new_connections_until_start_listening(
         expected = OperationTimedOut if how == "reject_startup" else ConnectionRefusedError
         assert isinstance(reason, expected)
         if how == "stop":  # as a stopped node: its open connections are closed too
-            _eventually(lambda: not set(before[1]) & set(sim.connections(1)[1]))
+            poll_until(
+                lambda: not set(before[1]) & set(sim.connections(1)[1]),
+                "node 1's open connections are closed",
+            )
         else:  # open connections keep working
             assert set(before[1]) <= set(sim.connections(1)[1])
         # The other nodes still take connections.
@@ -480,10 +477,13 @@ def test_close_connections_the_driver_sees_the_drop_and_reconnects(
     # request goes to node 1 instead, node 0 is marked down and reconnected.
     assert session.execute(query).one().v == "x"
     assert sim.attempts(query) == {0: 0, 1: 1, 2: 0}
-    _eventually(lambda: ("down", ADDRESSES[0]) in listener.events)
-    _eventually(lambda: ("up", ADDRESSES[0]) in listener.events)
-    _eventually(lambda: bool(set(sim.connections(0)[0]) - before))
-    _eventually(lambda: session.get_pool_state()[_hosts(cluster)[ADDRESSES[0]]]["open_count"] > 0)
+    poll_until(lambda: ("down", ADDRESSES[0]) in listener.events, "node 0 is seen down")
+    poll_until(lambda: ("up", ADDRESSES[0]) in listener.events, "node 0 is seen up")
+    poll_until(lambda: bool(set(sim.connections(0)[0]) - before), "node 0 is reconnected to")
+    poll_until(
+        lambda: session.get_pool_state()[_hosts(cluster)[ADDRESSES[0]]]["open_count"] > 0,
+        "node 0 has a connection pool again",
+    )
     sim.clear_activity()
     assert session.execute(query).one().v == "x"
     assert sim.attempts(query) == {0: 1, 1: 0, 2: 0}
