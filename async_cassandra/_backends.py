@@ -53,6 +53,16 @@ class BackendKit(Protocol):
         """
         ...
 
+    def schedule(self, fn: Callable[[], None]) -> None:
+        """Ask the loop to call ``fn`` in a later turn, after it has looked at its timers
+        and I/O. On the loop thread only."""
+        ...
+
+    def clock(self) -> float:
+        """The loop's clock (``anyio.current_time()``), readable from a callback of the
+        loop, where anyio cannot tell which backend runs it."""
+        ...
+
     def new_waiter(self) -> Waiter: ...
 
 
@@ -95,6 +105,18 @@ class _AsyncioKit:
         except RuntimeError:  # "Event loop is closed": nobody is left to wake.
             return False
         return True
+
+    def schedule(self, fn: Callable[[], None]) -> None:
+        loop = self._loop_ref()
+        assert loop is not None  # called on the running loop, which is alive
+        # On the loop thread: no self-pipe write needed. A callback added now runs in
+        # the next turn, after the turn's timers (cancel scopes' deadlines) are seen.
+        loop.call_soon(fn)
+
+    def clock(self) -> float:
+        loop = self._loop_ref()
+        assert loop is not None
+        return loop.time()
 
     def new_waiter(self) -> Waiter:
         loop = self._loop_ref()
@@ -161,6 +183,17 @@ class _TrioKit:
         except trio.RunFinishedError:
             return False
         return True
+
+    def schedule(self, fn: Callable[[], None]) -> None:
+        token = self._token_ref()
+        assert token is not None  # called on the running loop, which is alive
+        # trio has no cheaper loop-thread variant. Its entry-queue task runs the
+        # callbacks queued before each of its passes and checkpoints between passes, so
+        # one queued from a callback waits for the next scheduler batch (and deadlines).
+        token.run_sync_soon(fn)
+
+    def clock(self) -> float:
+        return trio.current_time()
 
     def new_waiter(self) -> Waiter:
         return _TrioWaiter()

@@ -26,10 +26,9 @@ __all__ = [
     "column_names",
     "column_types",
     "configured_timeout",
-    "new_request",
     "paging_state",
-    "send",
     "server_warnings",
+    "start_request",
     "take_row_factory",
     "use_default_retry_policy",
     "was_traced",
@@ -40,26 +39,27 @@ __all__ = [
 NOT_SET: Any = _NOT_SET
 
 
-def new_request(
+def start_request(
     session: DriverSession,
     query: Any,
     parameters: Any,
     trace: bool,
     custom_payload: dict[str, bytes] | None,
-    timeout: Any,
     execution_profile: Any,
     paging_state: bytes | None,
     host: Any,
     execute_as: str | None,
-) -> ResponseFuture:
-    """The ``ResponseFuture`` that ``session.execute_async`` would send, not sent yet.
+    timeout: Any,
+) -> tuple[ResponseFuture, Any]:
+    """Send a request as ``session.execute_async`` would, and return its future with
+    the row factory in effect for it (see :func:`take_row_factory`).
 
     Built exactly as ``execute_async`` builds it (statement, execution profile, timeout,
-    row factory, parameters bound), so the caller can adjust it before :func:`send`;
-    but not its timeout, whose timer the driver arms here (see
-    :func:`configured_timeout`).
-    Raises what binding or resolving the execution profile raises; nothing has been
-    sent then. The caller's ``custom_payload`` dict is copied, never written to.
+    row factory, parameters bound); the driver arms the request's timer as it builds it,
+    so ``timeout`` must be final (see :func:`configured_timeout`). Then checked with
+    :func:`check_sendable`, and sent: the session's request-init listeners see it first.
+    Raises what binding, resolving the execution profile or that check raises; nothing
+    has been sent then. The caller's ``custom_payload`` dict is copied, never written to.
     """
     payload = dict(custom_payload) if custom_payload else {}
     if execute_as:
@@ -68,7 +68,11 @@ def new_request(
         query, parameters, trace, payload, timeout, execution_profile, paging_state, host
     )
     future._protocol_handler = session.client_protocol_handler
-    return future
+    check_sendable(future)
+    row_factory = take_row_factory(future)
+    session._on_request(future)
+    future.send_request()
+    return future, row_factory
 
 
 def configured_timeout(session: DriverSession, timeout: Any, execution_profile: Any) -> Any:
@@ -94,13 +98,6 @@ def use_default_retry_policy(cluster: DriverCluster, policy: Any) -> None:
     Set directly: the driver's setter for the latter would switch to legacy mode now."""
     cluster.profile_manager.profiles[EXEC_PROFILE_DEFAULT].retry_policy = policy
     cluster._default_retry_policy = policy
-
-
-def send(session: DriverSession, future: ResponseFuture) -> None:
-    """Send a request made by :func:`new_request`, as ``execute_async`` does: the
-    session's request-init listeners see it first."""
-    session._on_request(future)
-    future.send_request()
 
 
 def take_row_factory(future: ResponseFuture) -> Any:

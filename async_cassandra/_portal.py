@@ -25,17 +25,22 @@ from typing import Any
 from anyio.lowlevel import current_token
 
 from ._backends import BackendKit, Waiter, kit_for
+from ._outbox import Outbox
 
 __all__ = ["InFlightLimiter", "Portal", "current_portal"]
 
 
 class Portal:
-    """The hand-off from any thread into one event loop."""
+    """The hand-off from any thread into one event loop.
 
-    __slots__ = ("__weakref__", "_kit", "_lock", "_queue", "_wake_pending", "wakeups")
+    Also the loop's :class:`~async_cassandra._outbox.Outbox`, for the other direction.
+    """
+
+    __slots__ = ("__weakref__", "_kit", "_lock", "_queue", "_wake_pending", "outbox", "wakeups")
 
     def __init__(self, kit: BackendKit) -> None:
         self._kit = kit
+        self.outbox = Outbox(kit)
         # deque.append and popleft are atomic in CPython, so producers on driver threads
         # and the drain on the loop thread never need the lock for the queue itself.
         self._queue: deque[tuple[Waiter, Any, BaseException | None]] = deque()

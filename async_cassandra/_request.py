@@ -60,8 +60,11 @@ async def caller_deadline() -> float:
     return deadline
 
 
-def driver_timeout(explicit: float | None, deadline: float) -> tuple[float | None, float | None]:
-    """The driver request timeout for a call made now, and the deadline behind it.
+def driver_timeout(
+    explicit: float | None, deadline: float, now: float
+) -> tuple[float | None, float | None]:
+    """The driver request timeout for a request sent at ``now`` (the loop's clock), and
+    the deadline behind it.
 
     The timeout is the smaller of ``explicit`` and the time left before ``deadline``,
     the caller's effective anyio deadline, so ``with anyio.fail_after(0.3)`` around a
@@ -70,7 +73,7 @@ def driver_timeout(explicit: float | None, deadline: float) -> tuple[float | Non
     """
     if deadline == math.inf:
         return explicit, None
-    remaining = max(deadline - anyio.current_time(), _MIN_DRIVER_TIMEOUT)
+    remaining = max(deadline - now, _MIN_DRIVER_TIMEOUT)
     if explicit is not None and explicit <= remaining:
         return explicit, None
     return remaining, deadline
@@ -109,51 +112,68 @@ def page_rows(page: Any) -> Any:
     return () if page is None else page
 
 
+# Builds the driver request for a first-page timeout in seconds (None: none), sends it,
+# and returns its future with the row factory in effect for it (see _driver).
+Build = Callable[[float | None], tuple[ResponseFuture, Any]]
+
+
 class DriverRequest:
     """Bridges one ``ResponseFuture`` into the awaiting loop, one page at a time.
 
-    Holds one in-flight slot of ``limiter`` per page being fetched; the slot is released
-    on the driver's thread the moment the driver finishes that page, whether or not
-    anyone still waits for it (a cancelled caller detaches; CQL has no cancel message).
+    Made unsent, holding one in-flight slot of ``limiter``; :meth:`send` (through the
+    loop's outbox, see _outbox) calls ``build`` to make and send the driver request,
+    unless the caller was cancelled meanwhile. A slot is held per page being fetched
+    and released on the driver's thread the moment the driver finishes that page,
+    whether or not anyone still waits for it (a cancelled caller detaches; CQL has no
+    cancel message).
 
-    While its callbacks are registered with the future, the request is a member of
-    ``registry`` (the session's introspection of live requests); it leaves when it is
-    done: after its last page, or, once detached, when the driver finishes the page
-    nobody waits for any more.
+    From the start the request is a member of ``registry`` (the session's
+    introspection of live requests, and the ones a closing session fails); it leaves
+    when it is done: after its last page, or, once detached, when the driver finishes
+    the page nobody waits for any more (or at once, if it was never sent).
     """
 
     __slots__ = (
         "_awaited",
+        "_build",
+        "_deadline",
         "_detached",
+        "_future",
         "_limiter",
         "_lock",
         "_on_arrival",
         "_portal",
         "_registry",
         "_waiter",
-        "future",
         "page_timeout",
         "pages_requested",
         "row_factory",
+        "timing_deadline",
         "warnings",
     )
 
     def __init__(
         self,
-        future: ResponseFuture,
         limiter: InFlightLimiter,
         portal: Portal,
         registry: set[DriverRequest],
+        build: Build,
         *,
-        row_factory: Any = None,
         page_timeout: float | None = None,
+        deadline: float = math.inf,
     ) -> None:
-        self.future = future
+        self._future: ResponseFuture | None = None
+        self._build: Build | None = build
+        # The caller's anyio deadline (inf: none), which cuts the first page's timeout.
+        self._deadline = deadline
+        # The deadline that set the driver's timeout for the first page, if it did: see
+        # surface_deadline. Set when the request is sent.
+        self.timing_deadline: float | None = None
         # The row factory in effect for the request; pages arrive as raw tuples and the
         # rows are made on the loop (see _rows). None: pages are used as they arrive.
-        self.row_factory = row_factory
-        # How long each page after the first may take (None: no limit): the timeout
-        # the first page had before any caller's deadline shortened it.
+        self.row_factory: Any = None
+        # How long each page may take (None: no limit): the request's timeout, which
+        # the caller's deadline may shorten for the first page only.
         self.page_timeout = page_timeout
         # The server's warnings, every page's in order: appended on the driver's thread
         # before the page is handed over, so whoever got the page sees its warnings.
@@ -171,9 +191,56 @@ class DriverRequest:
         self._awaited = self._waiter
         self._on_arrival: OnArrival | None = None
         self.pages_requested = 1
-        registry.add(self)  # set.add is atomic; the driver thread may discard at once
-        # May run a callback inline, right here on the loop thread, when the driver
-        # already has the result: the waiter is in place, so that is fine.
+        registry.add(self)  # set.add is atomic; a closing session may abandon it at once
+
+    @property
+    def future(self) -> ResponseFuture:
+        """The driver's future: there once the request was sent, which it was for a
+        request whose first page arrived."""
+        future = self._future
+        assert future is not None, "the request has not been sent"
+        return future
+
+    def send(self, now: float) -> None:
+        """Make and send the driver request; ``now`` is the loop's clock. Loop thread.
+
+        Sends nothing if the caller was cancelled since the request was made (the slot
+        goes back), or if the caller's deadline has passed (the caller's scope is about
+        to cancel it). Never raises: a failure, such as a value the driver cannot
+        encode, finishes the first page with it.
+        """
+        with self._lock:
+            # A closing session may have failed the page already (from any thread).
+            awaited = self._waiter is not None
+            cancelled = awaited and self._detached
+            if cancelled:
+                self._waiter = None
+        build, self._build = self._build, None
+        if cancelled:
+            self._limiter.release()
+            self._registry.discard(self)
+            return
+        if not awaited or build is None:
+            return
+        deadline = self._deadline
+        if deadline <= now:
+            # Not sent; the caller's scope cancels it in this turn or the next (page()
+            # waits for that, see surface_deadline). Should its deadline have been
+            # moved since, it gets the driver's timeout error.
+            self.timing_deadline = deadline
+            self.abandon(
+                OperationTimedOut("not sent: the caller's deadline passed before its turn")
+            )
+            return
+        timeout, self.timing_deadline = driver_timeout(self.page_timeout, deadline, now)
+        try:
+            future, self.row_factory = build(timeout)
+        except BaseException as error:
+            self.abandon(translate_driver_error(error))
+            return
+        self._future = future
+        # Added after the request went out, as with execute_async: if the answer is
+        # already there, the driver calls back inline, here on the loop thread.
         future.add_callbacks(self._on_page, self._on_error)
 
     # -- driver side: any thread -------------------------------------------------
@@ -234,36 +301,37 @@ class DriverRequest:
     def _retire(self) -> None:
         # Any thread. Breaks the future -> callback -> request cycle now instead of
         # leaving it to the cycle collector.
-        self.future.clear_callbacks()
+        future = self._future
+        if future is not None:
+            future.clear_callbacks()
         self._registry.discard(self)
 
     # -- loop side ------------------------------------------------------------------
 
-    async def page(self, deadline: float | None = None) -> Any:
-        """Wait for the page last asked for. Cancellation detaches from the request.
-
-        ``deadline``: the caller's anyio deadline, if it set the driver timeout.
-        """
+    async def page(self) -> Any:
+        """Wait for the page last asked for. Cancellation detaches from the request."""
         try:
             return await self._awaited.wait()
         except anyio.get_cancelled_exc_class():
             self.detach()
             raise
         except Exception as error:
-            await surface_deadline(error, deadline)
+            # Read now: the request may have been sent after this wait began.
+            await surface_deadline(error, self.timing_deadline)
             raise translate_driver_error(error, hint=self._hint(error))  # noqa: B904
 
     def _hint(self, error: BaseException) -> str | None:
         """What the caller can do about ``error``, where the driver's message omits it."""
         if isinstance(error, InvalidRequest) and "disable paging" in str(error):
             return "execute(..., fetch_size=0) runs the statement unpaged"
-        if not isinstance(error, OperationTimedOut):
+        future = self._future
+        if not isinstance(error, OperationTimedOut) or future is None:
             return None
         # The driver's OperationTimedOut says only "errors={...}, last_host=...".
-        timeout = self.future.timeout
+        timeout = future.timeout
         within = f" within {timeout:g} s" if isinstance(timeout, (int, float)) else ""
         return (
-            f"No response to {_describe(self.future.query)}{within} (its timeout: timeout= "
+            f"No response to {_describe(future.query)}{within} (its timeout: timeout= "
             "where the call takes one, else the execution profile's request_timeout, cut "
             "to the caller's deadline); the server or the connection is stalled, or the "
             "query is too slow. The request may still run there"
@@ -316,6 +384,7 @@ class DriverRequest:
                 self._awaited = self._waiter
                 self._on_arrival = on_arrival
                 self.pages_requested += 1
+                self.timing_deadline = None  # later pages are timed by us alone
         if detached:
             self._limiter.release()
             return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -21,7 +22,7 @@ from ._offloop import OffLoopCalls
 from ._paging_state import is_well_formed
 from ._portal import InFlightLimiter, current_portal
 from ._prepared_cache import PreparedCache
-from ._request import DriverRequest, caller_deadline, driver_timeout
+from ._request import DriverRequest, caller_deadline
 from ._resources import CLOSE_TIMEOUT, SessionResources, close_in_exit, close_within
 from ._rows import JoinedPages, as_row_list, rows_maker
 from .exceptions import (
@@ -316,51 +317,39 @@ class AsyncCassandraSession:
             # A call in a cancelled scope (or past its deadline) does nothing: checked
             # last before the request goes out, after every await that came before.
             deadline = await caller_deadline()
-        except BaseException:
-            self._limiter.release()
-            raise
-        try:
             # The timeout each page gets, as configured (timeout=, else the profile's);
-            # the first page's is also cut to the caller's deadline. Final before the
-            # request is built: the driver arms its timer then.
+            # the first page's is also cut to the caller's deadline when it is sent.
             configured = _driver.configured_timeout(
                 session, _driver.NOT_SET if timeout is None else timeout, execution_profile
             )
-            first_timeout, timing_deadline = driver_timeout(configured, deadline)
-            # On the loop thread: binding and queueing the request on a connection are
-            # quick, and the in-flight bound keeps it from blocking on stream ids.
-            future = _driver.new_request(
-                session,
-                statement,
-                parameters,
-                trace,
-                custom_payload,
-                first_timeout,
-                execution_profile,
-                paging_state,
-                host,
-                execute_as,
-            )
-            # What the driver would fail to encode only once it holds a stream id.
-            _driver.check_sendable(future)
         except BaseException as error:
             self._limiter.release()
             raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
+        build = partial(
+            _driver.start_request,
+            session,
+            statement,
+            parameters,
+            trace,
+            custom_payload,
+            execution_profile,
+            paging_state,
+            host,
+            execute_as,
+        )
         request = DriverRequest(
-            future,
             self._limiter,
             portal,
             self._resources.requests,
-            row_factory=_driver.take_row_factory(future),
+            build,
             page_timeout=configured,
+            deadline=deadline,
         )
+        # Now, or in a later turn of the loop if this turn has sent its share (see
+        # _outbox); the in-flight bound keeps the driver from blocking on stream ids.
+        portal.outbox.send(request)
         try:
-            _driver.send(session, future)
-        except BaseException as error:
-            request.abandon(ConnectionError("the request could not be sent"))
-            raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
-        try:
-            first_page = await request.page(timing_deadline)
+            first_page = await request.page()
         except BaseException as error:
             request.detach()
             if paging_state is not None and _is_paging_state_refusal(error):

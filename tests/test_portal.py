@@ -183,6 +183,21 @@ class FakeResponseFuture:
             callback(page)
 
 
+def sent_request(
+    future: FakeResponseFuture,
+    limiter: InFlightLimiter,
+    portal: Portal,
+    registry: set[DriverRequest],
+    page_timeout: float | None = None,
+) -> DriverRequest:
+    """A request over ``future``, sent (an in-flight slot of ``limiter`` must be held)."""
+    request = DriverRequest(
+        limiter, portal, registry, lambda _timeout: (future, None), page_timeout=page_timeout
+    )
+    request.send(anyio.current_time())
+    return request
+
+
 @dataclass
 class FakeStream:
     stream: AsyncStreamingResultSet
@@ -199,7 +214,7 @@ async def fake_stream(pages: list[list[int]], config: StreamConfig) -> FakeStrea
     portal = current_portal()
     future = FakeResponseFuture(pages)
     await limiter.acquire(portal)
-    request = DriverRequest(future, limiter, portal, registry, page_timeout=5)  # type: ignore[arg-type]
+    request = sent_request(future, limiter, portal, registry, page_timeout=5)
     in_thread(future.complete)
     first = await request.page()
     stream = AsyncStreamingResultSet(request, first, config, limiter=limiter)
@@ -212,7 +227,7 @@ async def test_request_completed_before_its_callback_is_attached_does_not_hang()
     portal = current_portal()
     await limiter.acquire(portal)
     future = FakeResponseFuture([[1, 2]], done_at_once=True)
-    request = DriverRequest(future, limiter, portal, registry)  # type: ignore[arg-type]
+    request = sent_request(future, limiter, portal, registry)
     with anyio.fail_after(5):
         assert await request.page() == [1, 2]
     request.detach()
@@ -227,7 +242,7 @@ async def test_callbacks_are_registered_once_across_pages() -> None:
     portal = current_portal()
     future = FakeResponseFuture([[1], [2], [3]])
     await limiter.acquire(portal)
-    request = DriverRequest(future, limiter, portal, registry)  # type: ignore[arg-type]
+    request = sent_request(future, limiter, portal, registry)
     in_thread(future.complete)
     pages = [await request.page()]
     while future.has_more_pages:
@@ -249,7 +264,7 @@ async def test_a_detached_request_drops_its_callbacks_when_the_driver_finishes()
     portal = current_portal()
     future = FakeResponseFuture([[1]])
     await limiter.acquire(portal)
-    request = DriverRequest(future, limiter, portal, registry)  # type: ignore[arg-type]
+    request = sent_request(future, limiter, portal, registry)
     with anyio.move_on_after(0.01):
         await request.page()
     assert registry == {request}  # still in flight: the slot stays taken

@@ -25,7 +25,8 @@ import statistics
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from functools import partial
 from pathlib import Path
 from random import Random
 from typing import Any
@@ -48,6 +49,7 @@ from async_cassandra import (
     StreamConfig,
 )
 from async_cassandra import TimeoutError as AsyncTimeoutError
+from async_cassandra._portal import current_portal
 from async_cassandra.testing.pytest_plugin import CassandraCluster
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(900)]
@@ -690,36 +692,51 @@ async def test_a_cancellation_storm_leaves_nothing_behind(
         host = host_of(cluster, launcher.addresses[1])
         late: list[float] = []  # how long after its cancel each call returned
         # The same, for cancels due once every call of the round had started: 10,000
-        # calls starting at once keep the loop busy sending for a second or more, and a
-        # cancel due meanwhile waits for the loop, not for the driver or the node.
+        # calls starting at once keep the loop busy for a while, and a cancel due
+        # meanwhile waits for the loop, not for the driver or the node.
         late_on_a_free_loop: list[float] = []
+        # The same storm with anyio.sleep(2) in place of the request, each round just
+        # before it: how late the loop itself runs 10,000 cancels (the harness's share).
+        late_without_requests: list[float] = []
         start_phases: list[float] = []  # from the round's first start to its last
         not_cancelled = 0
         rss: list[int] = []
         objects: list[int] = []  # objects the collector tracks, after each round
+        sent = 0  # requests that reached the driver (the rest were cancelled before)
+        deferred_before = current_portal().outbox.deferred
 
+        def count_sent(_future: Any) -> None:
+            nonlocal sent
+            sent += 1  # on the loop thread: the outbox sends there
+
+        session.driver_session.add_request_init_listener(count_sent)
         starts: list[float] = []
         cancels: list[tuple[float, float]] = []  # (due, returned) of this round's calls
 
-        async def cancelled_at_random() -> None:
+        async def cancelled_at_random(request: Callable[[], Awaitable[object]]) -> None:
             nonlocal not_cancelled
             now = anyio.current_time()
             starts.append(now)
             with anyio.CancelScope(deadline=now + random.uniform(0, 0.5)) as scope:
-                await session.execute(select, [10], host=host)
+                await request()
             if scope.cancelled_caught:
                 cancels.append((scope.deadline, anyio.current_time()))
             else:
                 not_cancelled += 1
 
-        for _ in range(rounds):
+        async def storm(request: Callable[[], Awaitable[object]]) -> None:
             starts.clear()
             cancels.clear()
+            async with anyio.create_task_group() as group:
+                for _ in range(per_round):
+                    group.start_soon(cancelled_at_random, request)
+
+        for _ in range(rounds):
+            await storm(partial(anyio.sleep, 2))
+            late_without_requests.extend(returned - due for due, returned in cancels)
             launcher.pause(1)
             try:
-                async with anyio.create_task_group() as group:
-                    for _ in range(per_round):
-                        group.start_soon(cancelled_at_random)
+                await storm(partial(session.execute, select, [10], host=host))
             finally:
                 launcher.resume(1)
             last_start = max(starts)
@@ -741,8 +758,10 @@ async def test_a_cancellation_storm_leaves_nothing_behind(
             )
             rss.append(rss_bytes())
             objects.append(len(gc.get_objects()))
+        session.driver_session.remove_request_init_listener(count_sent)
+        deferred = current_portal().outbox.deferred - deferred_before
         assert not_cancelled == 0
-        assert len(late) == rounds * per_round
+        assert len(late) == len(late_without_requests) == rounds * per_round
         # From the end of the fifth round: by then the high-water marks are reached (the
         # driver's read buffers, its request maps, our set of registered requests).
         growth = rss[-1] - rss[WARM_ROUNDS - 1]
@@ -780,6 +799,13 @@ async def test_a_cancellation_storm_leaves_nothing_behind(
         cancel_returned_late_ms_median=round(quantile(late, 0.5) * 1000, 1),
         cancel_returned_late_ms_p99=round(quantile(late, 0.99) * 1000, 1),
         cancel_returned_late_ms_max=round(max(late) * 1000, 1),
+        same_storm_around_sleep_late_ms_median=round(
+            quantile(late_without_requests, 0.5) * 1000, 1
+        ),
+        same_storm_around_sleep_late_ms_p99=round(quantile(late_without_requests, 0.99) * 1000, 1),
+        requests_sent=sent,
+        requests_cancelled_before_sending=rounds * per_round - sent,
+        requests_that_waited_for_a_later_turn=deferred,
         start_phase_s_median=round(statistics.median(start_phases), 3),
         cancels_due_on_a_free_loop=len(late_on_a_free_loop),
         free_loop_cancel_late_ms_median=round(quantile(late_on_a_free_loop, 0.5) * 1000, 1),
