@@ -224,6 +224,9 @@ class AsyncCassandraSession:
         message, so the server may still run it, and a cancelled write **may or may
         not have been applied**. Its late response is discarded. Called in a scope that
         is already cancelled or past its deadline, it sends nothing and raises at once.
+        When many requests start in one turn of the event loop, those past the turn's
+        sending budget are sent in later turns (see the README, "A burst does not
+        stall the loop"); one cancelled before it was sent was not sent at all.
 
         Raises :class:`QueryError` (bad CQL, schema, parameters: a parameter that cannot
         be bound is named, with its column, type and the reason; anything the driver
