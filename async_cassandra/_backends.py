@@ -32,7 +32,7 @@ try:  # trio is an optional extra; its kit is only built when a trio loop is run
 except ImportError:  # pragma: no cover - exercised only without the extra
     trio = None  # type: ignore[assignment]
 
-__all__ = ["BackendKit", "Waiter", "kit_for"]
+__all__ = ["BackendKit", "Waiter", "is_cancellation", "kit_for"]
 
 
 class Waiter(Protocol):
@@ -197,6 +197,14 @@ class _TrioKit:
 
     def new_waiter(self) -> Waiter:
         return _TrioWaiter()
+
+
+def is_cancellation(error: BaseException) -> bool:
+    """Whether ``error`` is a backend's cancellation (asyncio's ``CancelledError``,
+    trio's ``Cancelled``); usable outside a running loop, as in a finalizer."""
+    if isinstance(error, asyncio.CancelledError):
+        return True
+    return trio is not None and isinstance(error, trio.Cancelled)
 
 
 def kit_for(token: EventLoopToken) -> BackendKit:

@@ -20,13 +20,16 @@ from .exceptions import bad_argument
 
 __all__ = [
     "NOT_SET",
+    "batch_size",
     "check_payload",
     "check_sendable",
     "check_text",
     "column_names",
     "column_types",
     "configured_timeout",
+    "consistency_level",
     "paging_state",
+    "prepared_table",
     "server_warnings",
     "start_request",
     "take_row_factory",
@@ -243,3 +246,26 @@ def check_payload(payload: object) -> None:
                 "it (for text, value.encode())",
                 TypeError,
             )
+
+
+# -- what observers are told (see _observing) --------------------------------------------
+
+
+def batch_size(batch: Any) -> int:
+    """How many statements a ``BatchStatement`` holds."""
+    return len(batch._statements_and_parameters)
+
+
+def prepared_table(prepared: Any) -> tuple[str | None, str | None]:
+    """(keyspace, table) of a prepared statement's bind markers, else of its result."""
+    for columns in (prepared.column_metadata, getattr(prepared, "result_metadata", None)):
+        if columns:
+            return columns[0].keyspace_name, columns[0].table_name
+    return None, None
+
+
+def consistency_level(future: ResponseFuture) -> int | None:
+    """The consistency level the request was sent with (its message's)."""
+    message = getattr(future, "message", None)
+    level: int | None = getattr(message, "consistency_level", None)
+    return level

@@ -201,6 +201,11 @@ class DriverRequest:
         assert future is not None, "the request has not been sent"
         return future
 
+    @property
+    def sent_future(self) -> ResponseFuture | None:
+        """The driver's future, or None if the request was not sent (yet, or at all)."""
+        return self._future
+
     def send(self, now: float) -> None:
         """Make and send the driver request; ``now`` is the loop's clock. Loop thread.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
@@ -19,6 +19,7 @@ from cassandra.cluster import Cluster as DriverCluster
 from cassandra.policies import ExponentialReconnectionPolicy
 
 from . import _driver
+from ._observing import checked_observers
 from ._offloop import OffLoopCalls
 from ._resources import CLOSE_TIMEOUT, SessionResources, close_in_exit, close_within
 from .constants import DEFAULT_CONNECTION_TIMEOUT
@@ -150,7 +151,9 @@ class AsyncCluster:
     :meth:`shutdown` yourself.
 
     ``max_concurrent_requests``: requests in flight per session (default 1024 per
-    connected host); more wait as an ``await``.
+    connected host); more wait as an ``await``. ``observers``: request observers every
+    session connected here starts with (see :mod:`async_cassandra.observers`; the
+    metrics middleware and the OpenTelemetry instrumentation are observers).
 
     Defaults that differ from the driver's: the retry policy is
     :class:`~async_cassandra.AsyncRetryPolicy`, which never runs a statement that is not
@@ -185,6 +188,7 @@ class AsyncCluster:
         connect_timeout: float = 10.0,
         *,
         max_concurrent_requests: int | None = None,
+        observers: Iterable[Any] = (),
         **driver_kwargs: Any,
     ) -> None:
         if protocol_version is not None and protocol_version < MIN_PROTOCOL_VERSION:
@@ -204,6 +208,7 @@ class AsyncCluster:
                 "connect_timeout": connect_timeout,
             },
         )
+        observing = checked_observers(observers)
         options: dict[str, Any] = {
             "contact_points": contact_points if contact_points is not None else ["127.0.0.1"],
             "port": port,
@@ -249,6 +254,7 @@ class AsyncCluster:
             # host). A user's profiles keep their own.
             _driver.use_default_retry_policy(self._cluster, AsyncRetryPolicy())
         self._max_concurrent_requests = max_concurrent_requests
+        self._observers = observing
         self._closed = False
         self._close_lock = threading.Lock()
         # What shutdown() must close of each session made here (see _resources).
@@ -384,7 +390,9 @@ class AsyncCluster:
             await self.shutdown()
             raise _protocol_error(negotiated, negotiated=True)
         session, resources = open_session(
-            driver_session, max_concurrent_requests=self._max_concurrent_requests
+            driver_session,
+            max_concurrent_requests=self._max_concurrent_requests,
+            observers=self._observers,
         )
         self._sessions.add(resources)
         return session

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import re
+import time
+from collections.abc import Iterable
 from functools import partial
 from types import TracebackType
 from typing import Any
@@ -18,6 +20,14 @@ from cassandra.query import BoundStatement, PreparedStatement, SimpleStatement, 
 
 from . import _driver
 from ._binding import bind_prepared, bind_string
+from ._observing import (
+    checked_observers,
+    observe_prepare,
+    observe_request,
+    page_ended,
+    prepare_ended,
+    request_ended,
+)
 from ._offloop import OffLoopCalls
 from ._paging_state import is_well_formed
 from ._portal import InFlightLimiter, current_portal
@@ -33,6 +43,7 @@ from .exceptions import (
     bad_argument,
     translate_driver_error,
 )
+from .observers import ObservedRequest
 from .result import AsyncResultSet
 from .streaming import AsyncStreamingResultSet, StreamConfig
 
@@ -80,12 +91,19 @@ class AsyncCassandraSession:
         metrics: Any = None,
         *,
         max_concurrent_requests: int | None = None,
+        observers: Iterable[Any] = (),
     ) -> None:
+        observing = list(observers)
         if metrics is not None:
-            raise ConfigurationError(
-                "metrics= (a MetricsMiddleware) is not supported by this version; "
-                "create the session without it"
-            )
+            if not callable(getattr(metrics, "request_ended", None)):
+                raise ConfigurationError(
+                    f"metrics= takes a MetricsMiddleware (or another request observer), "
+                    f"not {type(metrics).__name__}"
+                )
+            observing.append(metrics)
+        # A tuple, replaced (never changed in place) by add_observer/remove_observer:
+        # a request keeps the observers it started with.
+        self._observers: tuple[Any, ...] = checked_observers(observing)
         self._session = session
         if max_concurrent_requests is None:
             hosts = max(1, len(session.get_pools()))
@@ -109,6 +127,26 @@ class AsyncCassandraSession:
         except Exception as error:
             raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
         return cls(driver_session)
+
+    # -- observers -------------------------------------------------------------------
+
+    @property
+    def observers(self) -> tuple[Any, ...]:
+        """The request observers of this session (see :mod:`async_cassandra.observers`):
+        its cluster's, then its own."""
+        return self._observers
+
+    def add_observer(self, observer: Any) -> None:
+        """Show every request started from now on to ``observer`` too (a
+        :class:`~async_cassandra.observers.RequestObserver`, or any object with some
+        of its methods). Requests already running keep the observers they had."""
+        self._observers = (*self._observers, *checked_observers([observer]))
+
+    def remove_observer(self, observer: Any) -> None:
+        """Stop showing new requests to ``observer``; ValueError if it was not added."""
+        observers = list(self._observers)
+        observers.remove(observer)
+        self._observers = tuple(observers)
 
     # -- state -----------------------------------------------------------------------
 
@@ -235,45 +273,69 @@ class AsyncCassandraSession:
         driver's own exception class (or of ``TypeError``/``ValueError`` for bad
         parameter values, as the driver raises them).
         """
-        request, first_page = await self._start_request(
-            query,
-            parameters,
-            trace=trace,
-            custom_payload=custom_payload,
-            timeout=timeout,
-            execution_profile=execution_profile,
-            paging_state=paging_state,
-            host=host,
-            execute_as=execute_as,
-            prepare=prepare,
-            fetch_size=fetch_size,
+        observers = self._observers
+        observed = (
+            observe_request(observers, "execute", query, self._session.keyspace, fetch_size)
+            if observers
+            else None
         )
         try:
-            one_page = paging_state is not None or fetch_size is not None
-            rows = await self._rows_of(request, first_page, one_page=one_page)
-        finally:
-            request.detach()
-        future = request.future
-        trace_outcome: Any = None
-        if trace and _driver.was_traced(future):
-            # Fetched now, in a worker thread (the driver's fetch blocks), so that
-            # result.get_query_trace() needs no I/O, as 0.0.1 code calls it unawaited.
+            request, first_page = await self._start_request(
+                query,
+                parameters,
+                trace=trace,
+                custom_payload=custom_payload,
+                timeout=timeout,
+                execution_profile=execution_profile,
+                paging_state=paging_state,
+                host=host,
+                execute_as=execute_as,
+                prepare=prepare,
+                fetch_size=fetch_size,
+                observed=observed,
+            )
             try:
-                trace_outcome = await self._resources.offloop.run(
-                    future.get_query_trace, self._session.max_trace_wait
+                one_page = paging_state is not None or fetch_size is not None
+                rows = await self._rows_of(
+                    request, first_page, one_page=one_page, observed=observed
                 )
-            except Exception as error:
-                trace_outcome = translate_driver_error(error)
-        return AsyncResultSet(
-            rows,
-            future,
-            paging_state=_driver.paging_state(future),
-            offloop=self._resources.offloop,
-            trace=trace_outcome,
-            warnings=request.warnings,
-        )
+            finally:
+                request.detach()
+            future = request.future
+            trace_outcome: Any = None
+            if trace and _driver.was_traced(future):
+                # Fetched now, in a worker thread (the driver's fetch blocks), so that
+                # result.get_query_trace() needs no I/O, as 0.0.1 code calls it unawaited.
+                try:
+                    trace_outcome = await self._resources.offloop.run(
+                        future.get_query_trace, self._session.max_trace_wait
+                    )
+                except Exception as error:
+                    trace_outcome = translate_driver_error(error)
+            result = AsyncResultSet(
+                rows,
+                future,
+                paging_state=_driver.paging_state(future),
+                offloop=self._resources.offloop,
+                trace=trace_outcome,
+                warnings=request.warnings,
+            )
+        except BaseException as error:
+            if observed is not None:
+                request_ended(observed, error)
+            raise
+        if observed is not None:
+            request_ended(observed, None, request.warnings)
+        return result
 
-    async def _rows_of(self, request: DriverRequest, first_page: Any, *, one_page: bool) -> Any:
+    async def _rows_of(
+        self,
+        request: DriverRequest,
+        first_page: Any,
+        *,
+        one_page: bool,
+        observed: ObservedRequest | None = None,
+    ) -> Any:
         """The rows of the request: its first page, or every page."""
         if first_page is None:
             return []  # no rows at all (INSERT, DDL, USE)
@@ -288,7 +350,17 @@ class AsyncCassandraSession:
         pages.add(first_page)
         portal = current_portal()
         while future.has_more_pages:
-            pages.add(await request.next_page(portal) or [])
+            if observed is None:
+                pages.add(await request.next_page(portal) or [])
+                continue
+            asked = time.time_ns()
+            try:
+                page = await request.next_page(portal)
+            except Exception as error:
+                page_ended(observed, future, None, asked, error)
+                raise
+            page_ended(observed, future, page, asked)
+            pages.add(page or [])
         return pages.result()
 
     async def _start_request(
@@ -305,9 +377,11 @@ class AsyncCassandraSession:
         execute_as: str | None = None,
         prepare: bool = False,
         fetch_size: int | None = None,
+        observed: ObservedRequest | None = None,
     ) -> tuple[DriverRequest, Any]:
         """Send ``query`` and wait for its first page (raw rows, or None for a result
-        without rows): the mechanism behind :meth:`execute` and :meth:`execute_stream`."""
+        without rows): the mechanism behind :meth:`execute` and :meth:`execute_stream`.
+        ``observed``: the request's record when the session has observers."""
         session = self._check_open()
         if paging_state is not None or host is not None or execute_as is not None:
             _check_request_options(session, paging_state, host, execute_as)
@@ -315,7 +389,12 @@ class AsyncCassandraSession:
         if fetch_size is not None:
             statement = _with_fetch_size(statement, fetch_size)
         portal = current_portal()
-        await self._limiter.acquire(portal)
+        if observed is None:
+            await self._limiter.acquire(portal)
+        else:
+            waiting_since = time.perf_counter()
+            await self._limiter.acquire(portal)
+            observed.limiter_wait = time.perf_counter() - waiting_since
         try:
             # A call in a cancelled scope (or past its deadline) does nothing: checked
             # last before the request goes out, after every await that came before.
@@ -350,14 +429,19 @@ class AsyncCassandraSession:
         )
         # Now, or in a later turn of the loop if this turn has sent its share (see
         # _outbox); the in-flight bound keeps the driver from blocking on stream ids.
+        sent_at = time.time_ns() if observed is not None else 0
         portal.outbox.send(request)
         try:
             first_page = await request.page()
         except BaseException as error:
             request.detach()
+            if observed is not None and isinstance(error, Exception):
+                page_ended(observed, request.sent_future, None, sent_at, error)
             if paging_state is not None and _is_paging_state_refusal(error):
                 raise _paging_state_error(error)  # noqa: B904 - the cause is set inside
             raise
+        if observed is not None:
+            page_ended(observed, request.future, first_page, sent_at)
         return request, first_page
 
     async def _statement(self, query: Any, parameters: Any, prepare: bool) -> tuple[Any, Any]:
@@ -446,23 +530,41 @@ class AsyncCassandraSession:
             config = stream_config.validated()
         if config.timeout_seconds is not None:
             timeout = config.timeout_seconds  # every page's, the first included
-        request, first_page = await self._start_request(
-            query,
-            parameters,
-            trace=trace,
-            custom_payload=custom_payload,
-            timeout=timeout,
-            execution_profile=execution_profile,
-            paging_state=paging_state,
-            host=host,
-            execute_as=execute_as,
-            prepare=prepare,
-            fetch_size=config.fetch_size,
+        observers = self._observers
+        observed = (
+            observe_request(
+                observers, "execute_stream", query, self._session.keyspace, config.fetch_size
+            )
+            if observers
+            else None
         )
         try:
-            return AsyncStreamingResultSet(request, first_page, config, limiter=self._limiter)
-        except BaseException:
+            request, first_page = await self._start_request(
+                query,
+                parameters,
+                trace=trace,
+                custom_payload=custom_payload,
+                timeout=timeout,
+                execution_profile=execution_profile,
+                paging_state=paging_state,
+                host=host,
+                execute_as=execute_as,
+                prepare=prepare,
+                fetch_size=config.fetch_size,
+                observed=observed,
+            )
+        except BaseException as error:
+            if observed is not None:
+                request_ended(observed, error)
+            raise
+        try:
+            return AsyncStreamingResultSet(
+                request, first_page, config, limiter=self._limiter, observed=observed
+            )
+        except BaseException as error:
             request.detach()
+            if observed is not None:
+                request_ended(observed, error)
             raise
 
     async def execute_batch(
@@ -528,11 +630,34 @@ class AsyncCassandraSession:
             _driver.check_payload(custom_payload)
         limit = timeout if timeout is not None else session.default_timeout
         await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled scope sends nothing
+        observers = self._observers
+        if not observers:
+            return await self._prepare_in_thread(session, query, custom_payload, keyspace, limit)
+        observed = observe_prepare(observers, query, keyspace or session.keyspace)
+        try:
+            prepared = await self._prepare_in_thread(
+                session, query, custom_payload, keyspace, limit
+            )
+        except BaseException as error:
+            prepare_ended(observed, error)
+            raise
+        prepare_ended(observed, None)
+        return prepared
+
+    async def _prepare_in_thread(
+        self,
+        session: DriverSession,
+        query: str,
+        custom_payload: dict[str, bytes] | None,
+        keyspace: str | None,
+        limit: float,
+    ) -> PreparedStatement:
         try:
             with anyio.move_on_after(limit) as scope:
-                return await self._resources.offloop.run(
+                prepared: PreparedStatement = await self._resources.offloop.run(
                     session.prepare, query, custom_payload, keyspace
                 )
+                return prepared
         except Exception as error:
             raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
         assert scope.cancelled_caught
@@ -603,11 +728,16 @@ def check_keyspace_name(keyspace: object) -> None:
 
 
 def open_session(
-    driver_session: DriverSession, *, max_concurrent_requests: int | None
+    driver_session: DriverSession,
+    *,
+    max_concurrent_requests: int | None,
+    observers: Iterable[Any] = (),
 ) -> tuple[AsyncCassandraSession, SessionResources]:
     """A session for ``AsyncCluster.connect``, with the resources the cluster closes at
     its shutdown (the driver's cluster shutdown closes the driver session too)."""
-    session = AsyncCassandraSession(driver_session, max_concurrent_requests=max_concurrent_requests)
+    session = AsyncCassandraSession(
+        driver_session, max_concurrent_requests=max_concurrent_requests, observers=observers
+    )
     return session, session._resources
 
 

@@ -40,6 +40,8 @@ from anyio.abc import ObjectSendStream
 from cassandra.query import SimpleStatement
 
 from . import _driver
+from ._backends import is_cancellation
+from ._observing import page_ended, request_ended
 from ._portal import InFlightLimiter, Portal, current_portal
 from ._request import DriverRequest, page_rows
 from ._rows import (
@@ -53,6 +55,7 @@ from ._rows import (
 )
 from .constants import DEFAULT_FETCH_SIZE
 from .exceptions import TimeoutError, bad_argument, translate_driver_error
+from .observers import ObservedRequest
 
 if TYPE_CHECKING:
     from ._backends import Waiter
@@ -210,9 +213,19 @@ class AsyncStreamingResultSet:
         config: StreamConfig,
         *,
         limiter: InFlightLimiter,
+        observed: ObservedRequest | None = None,
     ) -> None:
         self._request = request
         self._config = config
+        # The request's record when the session has observers: later pages are shown
+        # to them as the consumer takes each (in its task), with when its fetch began
+        # and when it arrived (taken on the driver's thread, in page order, and paired
+        # with the page as the loop takes it in).
+        self._observed = observed
+        self._fetch_started_ns = 0
+        self._arrival_times: deque[tuple[int, int]] = deque()  # appended on any thread
+        self._page_times: deque[tuple[int, int]] = deque()  # the buffered pages'
+        self._end_error: BaseException | None = None
         self._limiter = limiter
         timeout = request.page_timeout
         self._page_timeout = timeout if timeout is not None else math.inf
@@ -360,6 +373,7 @@ class AsyncStreamingResultSet:
                 return True
             if self._error is not None:
                 error, self._error = self._error, None
+                self._end_error = error
                 await self.close()
                 raise error
             with self._lock:
@@ -413,6 +427,10 @@ class AsyncStreamingResultSet:
         elif self._opaque is not None:
             self._rows = iter(())
         self.page_number += 1  # first: _maybe_fetch asks whether a page is current
+        if self._observed is not None and self.page_number > 1:
+            # (The first page was shown as execute_stream returned it.)
+            fetched, arrived = self._page_times.popleft()
+            page_ended(self._observed, self._request.future, raw, fetched, end_time_ns=arrived)
         self._maybe_fetch()
         callback = self._config.page_callback
         if callback is not None:
@@ -453,13 +471,15 @@ class AsyncStreamingResultSet:
             with self._lock:
                 self._consumer_waiting = False
         if scope.cancelled_caught:
-            await self.close()
-            raise TimeoutError(
+            error = TimeoutError(
                 f"page {self.pages_requested} of the stream did not arrive within "
                 f"{self._page_timeout:g} s of its request; the server or the connection "
                 "is stalled (StreamConfig.timeout_seconds sets this limit, else the "
                 "request's timeout)"
             )
+            self._end_error = error
+            await self.close()
+            raise error
 
     def _no_more_requests(self) -> bool:
         max_pages = self._config.max_pages
@@ -500,6 +520,7 @@ class AsyncStreamingResultSet:
                 self._fetching = True
                 # time.monotonic, not anyio's clock: this may run outside any task.
                 self._fetch_started = time.monotonic()
+                self._fetch_started_ns = time.time_ns()  # for observers
         if slot_held and not claimed:
             self._limiter.release()
         return claimed
@@ -535,6 +556,9 @@ class AsyncStreamingResultSet:
             self._in_transit += 1  # until the loop takes it in (_taken_in)
             if error is None:
                 self._pages_ahead += 1
+                if self._observed is not None:
+                    # Read under the lock, before the next fetch can be claimed.
+                    self._arrival_times.append((self._fetch_started_ns, time.time_ns()))
         portal.deliver(self._sink, rows, error)
         if error is None and self._claim_fetch(current_done=False, slot_held=False):
             self._start_fetch()
@@ -556,6 +580,8 @@ class AsyncStreamingResultSet:
         # result is one empty page, and one mid-result (tombstones, filtering) does
         # not end it.
         self._buffer.append(page)
+        if self._arrival_times:  # observed, and not the first page
+            self._page_times.append(self._arrival_times.popleft())
         self._buffered_rows += len(page)
         self.max_rows_held = max(self.max_rows_held, self.rows_held)
         if not page:
@@ -584,10 +610,12 @@ class AsyncStreamingResultSet:
         """Stop the stream: the same as :meth:`close` (async-cassandra 0.0.1's name)."""
         await self.close()
 
-    def _release(self) -> None:
+    def _release(self, *, observed: bool = True) -> None:
         if self._closed:
             return
         self._closed = True
+        if observed and self._observed is not None:
+            request_ended(self._observed, self._end_error, self._request.warnings)
         self._buffer.clear()
         self._buffered_rows = 0
         self._page_rows = self._rows = iter(())
@@ -605,6 +633,8 @@ class AsyncStreamingResultSet:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if exc is not None and is_cancellation(exc) and self._end_error is None:
+            self._end_error = exc  # observers see the stream as cancelled
         await self.close()
 
     def __del__(self) -> None:
@@ -619,7 +649,8 @@ class AsyncStreamingResultSet:
                 source=self,
                 stacklevel=1,
             )
-            self._release()
+            # Observers are not told: they run on the loop thread, and this may not.
+            self._release(observed=False)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
