@@ -15,6 +15,16 @@ from .exceptions import (
     QueryError,
     TimeoutError,
 )
+from .metrics import (
+    ConnectionMetrics,
+    InMemoryMetricsCollector,
+    MetricsCollector,
+    MetricsMiddleware,
+    PrometheusMetricsCollector,
+    QueryMetrics,
+    create_metrics_system,
+)
+from .observers import RequestObserver
 from .result import AsyncResultSet
 from .retry_policy import AsyncRetryPolicy
 from .session import AsyncCassandraSession
@@ -33,9 +43,17 @@ __all__ = [
     "ConfigurationError",
     "ConnectTimeoutError",
     "ConnectionError",
+    "ConnectionMetrics",
+    "InMemoryMetricsCollector",
+    "MetricsCollector",
+    "MetricsMiddleware",
+    "PrometheusMetricsCollector",
     "QueryError",
+    "QueryMetrics",
+    "RequestObserver",
     "StreamConfig",
     "TimeoutError",
     "__version__",
+    "create_metrics_system",
     "create_streaming_statement",
 ]

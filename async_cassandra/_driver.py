@@ -260,7 +260,10 @@ def prepared_table(prepared: Any) -> tuple[str | None, str | None]:
     """(keyspace, table) of a prepared statement's bind markers, else of its result."""
     for columns in (prepared.column_metadata, getattr(prepared, "result_metadata", None)):
         if columns:
-            return columns[0].keyspace_name, columns[0].table_name
+            # (keyspace, table, name, type): a ColumnMetadata, or a plain tuple for the
+            # result's columns.
+            keyspace, table = columns[0][0], columns[0][1]
+            return keyspace, table
     return None, None
 
 

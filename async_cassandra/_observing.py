@@ -86,6 +86,7 @@ def observe_request(
     observers: Observers,
     operation: str,
     query: Any,
+    parameters: Any,
     session_keyspace: str | None,
     fetch_size: int | None,
 ) -> ObservedRequest:
@@ -123,6 +124,7 @@ def observe_request(
         fetch_size=fetch_size,
         batch_size=batch_size,
         table=table,
+        parameters_count=len(parameters) if isinstance(parameters, (Sequence, dict)) else 0,
     )
     notify(observers, "request_started", record)
     return record

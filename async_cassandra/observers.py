@@ -68,6 +68,7 @@ class ObservedRequest:
         fetch_size: int | None = None,
         batch_size: int | None = None,
         table: str | None = None,
+        parameters_count: int = 0,
     ) -> None:
         #: The observers that see this request (those of the session when it started).
         self.observers = observers
@@ -87,6 +88,8 @@ class ObservedRequest:
         self.fetch_size = fetch_size
         #: Statements in a batch; None for anything else.
         self.batch_size = batch_size
+        #: How many parameters were given (their values are never recorded).
+        self.parameters_count = parameters_count
         self._table = table
         #: ``cassandra.ConsistencyLevel`` value the request was sent with, once sent.
         self.consistency_level: int | None = None

@@ -275,7 +275,9 @@ class AsyncCassandraSession:
         """
         observers = self._observers
         observed = (
-            observe_request(observers, "execute", query, self._session.keyspace, fetch_size)
+            observe_request(
+                observers, "execute", query, parameters, self._session.keyspace, fetch_size
+            )
             if observers
             else None
         )
@@ -533,7 +535,12 @@ class AsyncCassandraSession:
         observers = self._observers
         observed = (
             observe_request(
-                observers, "execute_stream", query, self._session.keyspace, config.fetch_size
+                observers,
+                "execute_stream",
+                query,
+                parameters,
+                self._session.keyspace,
+                config.fetch_size,
             )
             if observers
             else None
