@@ -24,6 +24,16 @@ from .metrics import (
     QueryMetrics,
     create_metrics_system,
 )
+from .monitoring import (
+    HOST_STATUS_DOWN,
+    HOST_STATUS_UNKNOWN,
+    HOST_STATUS_UP,
+    ClusterMetrics,
+    ConnectionMonitor,
+    HostMetrics,
+    RateLimitedSession,
+    create_monitored_session,
+)
 from .observers import RequestObserver
 from .result import AsyncResultSet
 from .retry_policy import AsyncRetryPolicy
@@ -33,6 +43,9 @@ from .streaming import AsyncStreamingResultSet, StreamConfig, create_streaming_s
 __version__ = "0.1.0"
 
 __all__ = [
+    "HOST_STATUS_DOWN",
+    "HOST_STATUS_UNKNOWN",
+    "HOST_STATUS_UP",
     "AsyncCassandraError",
     "AsyncCassandraSession",
     "AsyncCluster",
@@ -40,20 +53,25 @@ __all__ = [
     "AsyncRetryPolicy",
     "AsyncStreamingResultSet",
     "AuthenticationError",
+    "ClusterMetrics",
     "ConfigurationError",
     "ConnectTimeoutError",
     "ConnectionError",
     "ConnectionMetrics",
+    "ConnectionMonitor",
+    "HostMetrics",
     "InMemoryMetricsCollector",
     "MetricsCollector",
     "MetricsMiddleware",
     "PrometheusMetricsCollector",
     "QueryError",
     "QueryMetrics",
+    "RateLimitedSession",
     "RequestObserver",
     "StreamConfig",
     "TimeoutError",
     "__version__",
     "create_metrics_system",
+    "create_monitored_session",
     "create_streaming_statement",
 ]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from anyio.lowlevel import EventLoopToken
@@ -64,6 +64,12 @@ class BackendKit(Protocol):
         ...
 
     def new_waiter(self) -> Waiter: ...
+
+    def spawn_detached(self, fn: Callable[[], Awaitable[None]]) -> object:
+        """Run ``fn()`` as a task of the loop outside any task group; returns what keeps
+        it alive. Only for 0.0.1's start/stop APIs: ``fn`` must catch its own errors
+        and end when its own cancel scope is cancelled (see monitoring)."""
+        ...
 
 
 class _AsyncioWaiter:
@@ -122,6 +128,16 @@ class _AsyncioKit:
         loop = self._loop_ref()
         assert loop is not None  # called on the running loop, which is alive
         return _AsyncioWaiter(loop)
+
+    def spawn_detached(self, fn: Callable[[], Awaitable[None]]) -> object:
+        loop = self._loop_ref()
+        assert loop is not None
+
+        async def run() -> None:
+            await fn()
+
+        # The loop keeps only a weak reference to its tasks: the caller holds this one.
+        return loop.create_task(run())
 
 
 class _TrioWaiter:
@@ -197,6 +213,11 @@ class _TrioKit:
 
     def new_waiter(self) -> Waiter:
         return _TrioWaiter()
+
+    def spawn_detached(self, fn: Callable[[], Awaitable[None]]) -> object:
+        # A system task: trio's only task outside a nursery. It must not raise (that
+        # would end the whole run), which spawn_detached's contract asks of fn.
+        return trio.lowlevel.spawn_system_task(fn)
 
 
 def is_cancellation(error: BaseException) -> bool:

@@ -180,10 +180,26 @@ class InFlightLimiter:
                 self.release()
             raise
 
+    def set_limit(self, limit: int) -> None:
+        """Change the bound. Raised, it lets waiters in at once; lowered, requests in
+        flight go on and new ones wait until the count is under the new bound. Any
+        thread."""
+        if limit < 1:
+            raise ValueError("the in-flight limit must be at least 1")
+        admitted: list[tuple[Portal, Waiter]] = []
+        with self._lock:
+            self._limit = limit
+            while self._waiting and self._in_use < limit:
+                self._in_use += 1
+                admitted.append(self._waiting.popleft())
+        for portal, waiter in admitted:
+            if not portal.deliver(waiter, None):
+                self.release()  # its loop is gone: pass the slot on
+
     def release(self) -> None:
         """Give a slot back. Any thread (the driver's, when a request finishes)."""
         with self._lock:
-            if self._waiting:
+            if self._waiting and self._in_use <= self._limit:
                 # Hand the slot straight to the next waiter: the count stays the same,
                 # so no newcomer can overtake it.
                 portal, waiter = self._waiting.popleft()

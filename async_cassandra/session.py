@@ -104,6 +104,9 @@ class AsyncCassandraSession:
         # A tuple, replaced (never changed in place) by add_observer/remove_observer:
         # a request keeps the observers it started with.
         self._observers: tuple[Any, ...] = checked_observers(observing)
+        # An AsyncCluster made for this session alone (create_monitored_session), shut
+        # down when the session closes.
+        self._owned_cluster: Any = None
         self._session = session
         if max_concurrent_requests is None:
             hosts = max(1, len(session.get_pools()))
@@ -167,7 +170,18 @@ class AsyncCassandraSession:
 
     @property
     def max_concurrent_requests(self) -> int:
+        """The bound on requests in flight (pages being fetched); more calls wait."""
         return self._limiter.limit
+
+    def set_max_concurrent_requests(self, limit: int) -> None:
+        """Change the bound on requests in flight, at once, for every user of the
+        session: raised, waiting calls go ahead; lowered, requests in flight finish and
+        new calls wait until fewer than ``limit`` are out. ConfigurationError below 1."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigurationError(
+                f"max_concurrent_requests must be an int of at least 1, not {limit!r}"
+            )
+        self._limiter.set_limit(limit)
 
     @property
     def requests_in_flight(self) -> int:
@@ -701,9 +715,12 @@ class AsyncCassandraSession:
         if not self._resources.mark_closed():
             return
         resources = self._resources
-        if not await close_within(
+        closed = await close_within(
             timeout, resources.offloop, self._session.shutdown, "session shutdown"
-        ):
+        )
+        if self._owned_cluster is not None:
+            await self._owned_cluster.shutdown()
+        if not closed:
             raise TimeoutError(
                 f"closing the session did not finish within {timeout:g} s; the driver's "
                 "shutdown goes on in a worker thread"

@@ -55,28 +55,9 @@ NAMES_OF_0_0_1 = [
     "ConnectionMetrics",
     "create_metrics_system",
 ]
-# Still to come: connection monitoring and the rate-limited session (issue 12).
-MONITORING_NAMES = {
-    "ConnectionMonitor",
-    "RateLimitedSession",
-    "create_monitored_session",
-    "HOST_STATUS_UP",
-    "HOST_STATUS_DOWN",
-    "HOST_STATUS_UNKNOWN",
-    "HostMetrics",
-    "ClusterMetrics",
-}
 
 
-def _pending(name: str) -> Any:
-    if name in MONITORING_NAMES:
-        return pytest.mark.xfail(strict=True, reason="the observability issue adds it")
-    return ()
-
-
-@pytest.mark.parametrize(
-    "name", [pytest.param(name, marks=_pending(name)) for name in NAMES_OF_0_0_1]
-)
+@pytest.mark.parametrize("name", NAMES_OF_0_0_1)
 def test_every_top_level_name_of_0_0_1(name: str) -> None:
     assert name in async_cassandra.__all__
     assert getattr(async_cassandra, name) is not None
@@ -112,7 +93,7 @@ def test_constants_module_of_0_0_1() -> None:
     "module",
     [
         "metrics",
-        pytest.param("monitoring", marks=_pending("ConnectionMonitor")),
+        "monitoring",
         "retry_policy",
     ],
 )
@@ -225,6 +206,35 @@ SIGNATURES_OF_0_0_1: dict[str, tuple[str, ...]] = {
         "total_queries",
     ),
     "create_metrics_system": ("backend", "prometheus_enabled"),
+    "ConnectionMonitor.__init__": ("session",),
+    "ConnectionMonitor.add_callback": ("callback",),
+    "ConnectionMonitor.check_host_health": ("host",),
+    "ConnectionMonitor.start_monitoring": ("interval",),
+    "RateLimitedSession.__init__": ("session", "max_concurrent"),
+    "RateLimitedSession.execute": ("query", "parameters"),
+    "RateLimitedSession.prepare": ("query",),
+    "create_monitored_session": ("contact_points", "keyspace", "max_concurrent", "warmup"),
+    "HostMetrics.__init__": (
+        "address",
+        "datacenter",
+        "rack",
+        "status",
+        "release_version",
+        "connection_count",
+        "latency_ms",
+        "last_error",
+        "last_check",
+    ),
+    "ClusterMetrics.__init__": (
+        "timestamp",
+        "cluster_name",
+        "protocol_version",
+        "hosts",
+        "total_connections",
+        "healthy_hosts",
+        "unhealthy_hosts",
+        "app_metrics",
+    ),
 }
 
 
