@@ -13,7 +13,7 @@ from cassandra.auth import _proxy_execute_key
 from cassandra.cluster import _NOT_SET, EXEC_PROFILE_DEFAULT, ResponseFuture, _ConfigMode
 from cassandra.cluster import Cluster as DriverCluster
 from cassandra.cluster import Session as DriverSession
-from cassandra.protocol import ExecuteMessage
+from cassandra.protocol import ErrorMessage, ExecuteMessage
 from cassandra.query import tuple_factory
 
 from .exceptions import bad_argument
@@ -30,6 +30,7 @@ __all__ = [
     "consistency_level",
     "paging_state",
     "prepared_table",
+    "protocol_error_code",
     "server_warnings",
     "start_request",
     "take_row_factory",
@@ -272,3 +273,44 @@ def consistency_level(future: ResponseFuture) -> int | None:
     message = getattr(future, "message", None)
     level: int | None = getattr(message, "consistency_level", None)
     return level
+
+
+# The protocol's error codes of the driver's exceptions that do not carry one (the
+# server's ErrorMessage instances carry theirs as ``code``).
+_ERROR_CODES: dict[str, int] = {
+    "Unavailable": 0x1000,
+    "WriteTimeout": 0x1100,
+    "ReadTimeout": 0x1200,
+    "ReadFailure": 0x1300,
+    "FunctionFailure": 0x1400,
+    "WriteFailure": 0x1500,
+    "CDCWriteFailure": 0x1600,
+    "AuthenticationFailed": 0x0100,
+    "Unauthorized": 0x2100,
+    "InvalidRequest": 0x2200,
+    "ConfigurationException": 0x2300,
+    "AlreadyExists": 0x2400,
+}
+
+
+def protocol_error_code(error: BaseException) -> int | None:
+    """The CQL protocol error code of the server's answer behind ``error`` (our error,
+    its driver cause, or a NoHostAvailable whose hosts all answered with the same
+    code); None for a failure of the client's (a timeout, a lost connection)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        code = getattr(seen, "code", None)
+        if isinstance(code, int) and isinstance(seen, ErrorMessage):
+            return code
+        for klass in type(seen).__mro__:
+            if klass.__module__ == "cassandra" and klass.__name__ in _ERROR_CODES:
+                return _ERROR_CODES[klass.__name__]
+        errors = getattr(seen, "errors", None)
+        if isinstance(errors, dict) and errors:
+            codes = {
+                protocol_error_code(e) for e in errors.values() if isinstance(e, BaseException)
+            }
+            if len(codes) == 1:
+                return codes.pop()
+        seen = seen.__cause__
+    return None

@@ -24,6 +24,7 @@ from .observers import ObservedPage, ObservedPrepare, ObservedRequest
 __all__ = [
     "Observers",
     "checked_observers",
+    "named_table",
     "notify",
     "observe_prepare",
     "observe_request",
@@ -42,7 +43,7 @@ _TABLE = re.compile(
 )
 
 
-def _named_table(text: str | None) -> tuple[str | None, str | None]:
+def named_table(text: str | None) -> tuple[str | None, str | None]:
     """(keyspace, table) as the CQL text names them; None where it does not."""
     match = _TABLE.search(text) if text else None
     if match is None:
@@ -113,7 +114,7 @@ def observe_request(
         own = getattr(query, "fetch_size", None)
         fetch_size = own if isinstance(own, int) and not isinstance(own, bool) else None
     if table is None:
-        table_keyspace, table = _named_table(text)
+        table_keyspace, table = named_table(text)
     record = ObservedRequest(
         tuple(observers),
         operation,

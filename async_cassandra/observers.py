@@ -114,6 +114,10 @@ class ObservedRequest:
         self.duration: float | None = None
         #: Free for observers: their own per-request state, keyed by observer.
         self.state: dict[Any, Any] = {}
+        #: Entries an observer adds here in ``request_started`` are sent in the
+        #: request's custom payload (the CQL protocol's string-to-bytes map), after the
+        #: caller's own: how trace context reaches the server (see otel).
+        self.outgoing_payload: dict[str, bytes] = {}
 
     @property
     def operation_name(self) -> str:

@@ -399,6 +399,8 @@ class AsyncCassandraSession:
         without rows): the mechanism behind :meth:`execute` and :meth:`execute_stream`.
         ``observed``: the request's record when the session has observers."""
         session = self._check_open()
+        if observed is not None and observed.outgoing_payload:
+            custom_payload = {**(custom_payload or {}), **observed.outgoing_payload}
         if paging_state is not None or host is not None or execute_as is not None:
             _check_request_options(session, paging_state, host, execute_as)
         statement, parameters = await self._statement(query, parameters, prepare)
