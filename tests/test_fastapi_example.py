@@ -17,11 +17,17 @@ from typing import Any
 
 import anyio
 import httpx
+import prometheus_client
 import pytest
+from _helpers import wait_until
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import async_cassandra
+from async_cassandra.otel import OpenTelemetryObserver
 
 pytestmark = pytest.mark.anyio
 
@@ -471,3 +477,66 @@ async def test_export_failing_mid_stream_is_not_completed(
     assert all(m["type"] == "http.response.body" and m["more_body"] for m in bodies)
     rows_sent = sum(m["body"].count(b"\r\n") for m in bodies) - 1
     assert 10 <= rows_sent < 100
+
+
+# -- observability ---------------------------------------------------------------------------
+
+
+async def test_metrics_stats_health_and_traces(
+    cassandra_node: Any, cassandra_keyspace: str
+) -> None:
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    registry = prometheus_client.CollectorRegistry()
+    async with running_app(
+        cassandra_node,
+        cassandra_keyspace,
+        metrics_registry=registry,
+        observers=[OpenTelemetryObserver(tracer_provider)],
+        health_interval=0.2,
+    ) as (client, app):
+        [user_id] = await create_users(client, team_of("ops", 1))
+        with tracer_provider.get_tracer("test").start_as_current_span("GET /users") as http:
+            assert (await client.get(f"/users/{user_id}")).status_code == 200
+
+        metrics = await client.get("/metrics")
+        assert metrics.status_code == 200
+        assert metrics.headers["content-type"].startswith("text/plain")
+        lines = metrics.text.splitlines()
+        prepared_ok = 'cassandra_queries_total{query_type="prepared",success="success"}'
+        assert any(line.startswith(prepared_ok) for line in lines)
+        assert any(line.startswith("cassandra_query_duration_seconds_bucket") for line in lines)
+
+        stats = (await client.get("/stats")).json()
+        assert set(stats) == {
+            "query_performance",
+            "error_summary",
+            "top_queries",
+            "connection_health",
+        }
+        assert stats["query_performance"]["total_queries"] >= 3  # batch, select, schema
+        assert stats["query_performance"]["success_rate"] == 1.0
+
+        health = await client.get("/health")
+        assert health.status_code == 200
+        body = health.json()
+        assert body["healthy_hosts"] == 1
+        (host,) = body["hosts"]
+        assert host["status"] == "up"
+        assert host["latency_ms"] > 0
+        assert body["summary"]["up_hosts"] == 1
+        monitor = app.state.db.monitor
+        await wait_until(
+            lambda: monitor.metrics["last_health_check"] is not None, "a round of monitoring"
+        )
+
+    # The database request's span is a child of the HTTP request's.
+    (select,) = [
+        s
+        for s in exporter.get_finished_spans()
+        if s.name == "SELECT users"
+        and s.parent is not None
+        and s.parent.span_id == http.get_span_context().span_id
+    ]
+    assert dict(select.attributes or {})["db.namespace"] == cassandra_keyspace

@@ -21,6 +21,12 @@ What it shows, and why:
   handed out raw, a client could edit it to read other partitions. The token is signed
   and bound to the endpoint, team and page size.
 * **Streaming export in bounded memory**, closed however the response ends.
+* **Observability without wrappers.** Request observers on the cluster: an
+  OpenTelemetry span per database request under the HTTP request's span (when
+  ``opentelemetry-api`` is installed; configure an SDK and exporter in the process), and
+  0.0.1's metrics middleware feeding ``/metrics`` (Prometheus) and ``/stats``. A
+  ``ConnectionMonitor`` checks every host every ``health_interval`` seconds in the
+  lifespan's own task group, and ``/health`` answers from a fresh check.
 
 Cancellation: the handler's task can be cancelled while a query is in flight (a server
 shutting down, a timeout middleware, and for streaming responses a client that goes
@@ -42,9 +48,10 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import prometheus_client
 from cassandra.query import BatchStatement, BatchType, PreparedStatement
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, status
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.types import Receive, Scope, Send
 
@@ -52,6 +59,10 @@ from async_cassandra import (
     AsyncCassandraError,
     AsyncCassandraSession,
     AsyncCluster,
+    ConnectionMonitor,
+    InMemoryMetricsCollector,
+    MetricsMiddleware,
+    PrometheusMetricsCollector,
     QueryError,
 )
 from async_cassandra.paging import InvalidPagingToken, PagingTokenSigner
@@ -118,6 +129,32 @@ class Database:
     statements: Statements
     signer: PagingTokenSigner
     export_fetch_size: int
+    monitor: ConnectionMonitor
+
+
+@dataclass(frozen=True)
+class Observability:
+    """Made with the app: the observers every request goes through, and where the
+    metrics are read."""
+
+    observers: list[Any]
+    stats: InMemoryMetricsCollector
+    registry: Any  # the prometheus_client registry /metrics exposes
+
+
+def _observability(registry: Any, extra: list[Any]) -> Observability:
+    stats = InMemoryMetricsCollector()
+    metrics = MetricsMiddleware([stats, PrometheusMetricsCollector(registry=registry)])
+    observers: list[Any] = [metrics]
+    try:
+        from async_cassandra.otel import OpenTelemetryObserver
+    except ImportError:  # opentelemetry-api not installed: no spans
+        pass
+    else:
+        # The global tracer and meter providers: no-ops until the process installs an
+        # SDK (opentelemetry-instrument, or the SDK's own set-up code).
+        observers.append(OpenTelemetryObserver())
+    return Observability([*observers, *extra], stats, registry)
 
 
 @dataclass(frozen=True)
@@ -127,6 +164,7 @@ class Settings:
     keyspace: str
     paging_key: bytes | str
     export_fetch_size: int
+    health_interval: float
 
 
 def _settings(
@@ -135,6 +173,7 @@ def _settings(
     keyspace: str | None,
     paging_key: bytes | str | None,
     export_fetch_size: int,
+    health_interval: float,
 ) -> Settings:
     if contact_points is None:
         raw = os.environ.get("CASSANDRA_CONTACT_POINTS", "127.0.0.1")
@@ -154,7 +193,9 @@ def _settings(
         paging_key = secrets.token_bytes(32)
     if export_fetch_size < 1:
         raise ValueError("export_fetch_size must be at least 1")
-    return Settings(contact_points, port, keyspace, paging_key, export_fetch_size)
+    if health_interval <= 0:
+        raise ValueError("health_interval must be more than 0 seconds")
+    return Settings(contact_points, port, keyspace, paging_key, export_fetch_size, health_interval)
 
 
 async def _create_schema(session: AsyncCassandraSession, keyspace: str) -> None:
@@ -193,14 +234,22 @@ async def _prepare(session: AsyncCassandraSession, keyspace: str) -> Statements:
     )
 
 
-def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+def _lifespan(
+    settings: Settings, observability: Observability
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # One `async with` for both: whatever fails (connecting, the schema, a prepare)
-        # or however the server stops, the session and then the cluster are closed.
+        # One `async with` for all three: whatever fails (connecting, the schema, a
+        # prepare) or however the server stops, the monitoring stops, then the session
+        # and the cluster are closed.
         async with (
-            AsyncCluster(settings.contact_points, port=settings.port) as cluster,
+            AsyncCluster(
+                settings.contact_points,
+                port=settings.port,
+                observers=observability.observers,
+            ) as cluster,
             await cluster.connect() as session,
+            ConnectionMonitor(session) as monitor,
         ):
             await _create_schema(session, settings.keyspace)
             app.state.db = Database(
@@ -208,7 +257,10 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
                 statements=await _prepare(session, settings.keyspace),
                 signer=PagingTokenSigner(settings.paging_key),
                 export_fetch_size=settings.export_fetch_size,
+                monitor=monitor,
             )
+            # In the monitor's task group, which the `async with` above owns.
+            await monitor.start_monitoring(interval=settings.health_interval)
             try:
                 yield
             finally:
@@ -429,6 +481,56 @@ async def export_team_users(team: Team, db: DB) -> StreamingResponse:
 # -- the app ---------------------------------------------------------------------------------
 
 
+# -- operations: metrics and health -----------------------------------------------------
+
+operations = APIRouter()
+
+
+@operations.get("/metrics")
+async def prometheus_metrics(request: Request) -> Response:
+    """Prometheus exposition: query counts and latency histograms by statement kind and
+    outcome, errors by type, host health (0.0.1's metric names)."""
+    observability: Observability = request.app.state.observability
+    return Response(
+        prometheus_client.generate_latest(observability.registry),
+        media_type=prometheus_client.CONTENT_TYPE_LATEST,
+    )
+
+
+@operations.get("/stats")
+async def query_stats(request: Request) -> dict[str, Any]:
+    """The in-memory collector's statistics (0.0.1's ``get_stats()`` keys)."""
+    observability: Observability = request.app.state.observability
+    return await observability.stats.get_stats()
+
+
+@operations.get("/health")
+async def health(db: DB) -> JSONResponse:
+    """Each host, checked now with a query sent to it: 200 when every host answers,
+    503 otherwise (a load balancer's readiness check)."""
+    metrics = await db.monitor.get_cluster_metrics()
+    body = {
+        "healthy_hosts": metrics.healthy_hosts,
+        "unhealthy_hosts": metrics.unhealthy_hosts,
+        "summary": db.monitor.get_connection_summary(),
+        "hosts": [
+            {
+                "address": h.address,
+                "datacenter": h.datacenter,
+                "rack": h.rack,
+                "status": h.status,
+                "latency_ms": h.latency_ms,
+                "last_check": h.last_check.isoformat() if h.last_check else None,
+                "last_error": h.last_error,
+            }
+            for h in metrics.hosts
+        ],
+    }
+    healthy = not metrics.unhealthy_hosts
+    code = status.HTTP_200_OK if healthy else status.HTTP_503_SERVICE_UNAVAILABLE
+    return JSONResponse(status_code=code, content=body)
+
+
 def create_app(
     contact_points: list[str] | None = None,
     port: int | None = None,
@@ -436,18 +538,33 @@ def create_app(
     paging_key: bytes | str | None = None,
     *,
     export_fetch_size: int = DEFAULT_EXPORT_FETCH_SIZE,
+    health_interval: float = 30.0,
+    metrics_registry: Any = None,
+    observers: list[Any] | None = None,
 ) -> FastAPI:
     """The service, connected to ``contact_points:port`` (defaults from the environment:
     ``CASSANDRA_CONTACT_POINTS``, ``CASSANDRA_PORT``, ``CASSANDRA_KEYSPACE``,
-    ``PAGING_KEY``). Nothing connects until the lifespan starts."""
-    settings = _settings(contact_points, port, keyspace, paging_key, export_fetch_size)
-    app = FastAPI(title="async-cassandra FastAPI example", lifespan=_lifespan(settings))
+    ``PAGING_KEY``). Nothing connects until the lifespan starts.
+
+    ``metrics_registry``: the ``prometheus_client`` registry ``/metrics`` exposes
+    (default: the process's global one). ``observers``: more request observers.
+    """
+    settings = _settings(
+        contact_points, port, keyspace, paging_key, export_fetch_size, health_interval
+    )
+    registry = prometheus_client.REGISTRY if metrics_registry is None else metrics_registry
+    observability = _observability(registry, list(observers or ()))
+    app = FastAPI(
+        title="async-cassandra FastAPI example", lifespan=_lifespan(settings, observability)
+    )
+    app.state.observability = observability
     # Starlette picks the handler of the closest class in the exception's MRO:
     # InvalidPagingToken is a QueryError, and every QueryError an AsyncCassandraError.
     app.add_exception_handler(InvalidPagingToken, _invalid_page_token)
     app.add_exception_handler(QueryError, _query_error)
     app.add_exception_handler(AsyncCassandraError, _database_error)
     app.include_router(router)
+    app.include_router(operations)
     return app
 
 
