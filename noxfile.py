@@ -59,7 +59,7 @@ def bench(session: nox.Session) -> None:
     both scripts, so only the ones they share: `--address 127.0.0.40`, `--quick`,
     `--output-dir DIR`.
     """
-    _install(session)
+    _install(session, "bench")
     session.run("python", "tests/benchmarks/point_reads.py", *session.posargs)
     session.run("python", "tests/benchmarks/stream_rows.py", *session.posargs)
 

@@ -416,3 +416,33 @@ async def test_a_page_error_still_on_its_way_is_raised_without_asking_again() ->
     assert stream.pages_requested == 3  # the failed page was not asked for again
     assert fake.registry == set()
     assert fake.limiter.in_use == 0
+
+
+async def test_raising_the_limit_lets_waiters_in_and_lowering_it_holds_newcomers() -> None:
+    limiter = InFlightLimiter(1)
+    portal = current_portal()
+    await limiter.acquire(portal)
+    admitted: list[int] = []
+
+    async def wait_for_a_slot(n: int) -> None:
+        await limiter.acquire(portal)
+        admitted.append(n)
+
+    async with anyio.create_task_group() as group:
+        for n in range(3):
+            group.start_soon(wait_for_a_slot, n)
+        await wait_until(lambda: limiter.waiting == 3, "three waiting")
+        limiter.set_limit(3)  # two more slots: two of the waiters
+        await wait_until(lambda: len(admitted) == 2, "two admitted")
+        assert (limiter.in_use, limiter.waiting) == (3, 1)
+        limiter.set_limit(1)  # lowered below what is in use: releases shrink the count
+        limiter.release()
+        limiter.release()
+        assert (limiter.in_use, limiter.waiting) == (1, 1)  # still full: 2 waits
+        limiter.release()  # now under the bound: handed to the last waiter
+        await wait_until(lambda: sorted(admitted) == [0, 1, 2], "the last admitted")
+    assert limiter.in_use == 1
+    limiter.release()
+    assert limiter.in_use == 0
+    with pytest.raises(ValueError, match="at least 1"):
+        limiter.set_limit(0)

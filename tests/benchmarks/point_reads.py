@@ -59,7 +59,7 @@ from cassandra.cluster import Cluster, Session
 from cassandra.concurrent import execute_concurrent_with_args
 from cassandra.query import PreparedStatement
 
-from async_cassandra import AsyncCluster
+from async_cassandra import AsyncCluster, create_metrics_system
 
 KEYSPACE = "acs_bench_point"
 TABLE_ROWS = 10_000
@@ -69,7 +69,10 @@ CONCURRENCY = (1, 64, 256)
 # The library runs also get an idle configuration: the lag probe alone, no requests, to
 # show the machine's own scheduling noise under the loop-lag figures.
 IDLE = 0
-CLIENTS = ("driver", "asyncio", "trio")
+# "+metrics": with 0.0.1's in-memory metrics middleware installed as an observer;
+# "+otel": with the OpenTelemetry observer (the SDK, spans batched to an exporter that
+# drops them): what observing costs, next to the same backend without.
+CLIENTS = ("driver", "asyncio", "trio", "asyncio+metrics", "asyncio+otel")
 SELECT = "SELECT * FROM point WHERE id = ?"
 LAG_PROBE_SECONDS = 0.005
 
@@ -404,8 +407,34 @@ async def library_phase(
     return ops, measured, lags, wakeups, errors, first_error
 
 
+def observers_for(client: str) -> list[Any]:
+    """The request observers a client name asks for (see CLIENTS)."""
+    kind = client.partition("+")[2]
+    if kind == "metrics":
+        return [create_metrics_system(backend="memory")]
+    if kind == "otel":
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            SpanExporter,
+            SpanExportResult,
+        )
+
+        from async_cassandra.otel import OpenTelemetryObserver
+
+        class Discard(SpanExporter):
+            def export(self, spans: Any) -> SpanExportResult:
+                return SpanExportResult.SUCCESS
+
+        tracer_provider = TracerProvider()
+        tracer_provider.add_span_processor(BatchSpanProcessor(Discard()))
+        return [OpenTelemetryObserver(tracer_provider, MeterProvider())]
+    return []
+
+
 async def run_library(
-    backend: str,
+    client: str,
     target: Target,
     keys: list[int],
     timing: Timing,
@@ -414,7 +443,9 @@ async def run_library(
 ) -> list[Result]:
     results = []
     async with (
-        AsyncCluster(target.contact_points, port=target.port) as cluster,
+        AsyncCluster(
+            target.contact_points, port=target.port, observers=observers_for(client)
+        ) as cluster,
         await cluster.connect(KEYSPACE) as session,
     ):
         stmt = await session.prepare(SELECT)
@@ -438,7 +469,7 @@ async def run_library(
                 profile_to.disable()
             results.append(
                 result_from(
-                    backend,
+                    client,
                     concurrency,
                     round_,
                     ops,
@@ -613,14 +644,21 @@ def main() -> None:
         results: list[Result] = []
         for round_ in range(args.rounds):
             # Rotate the order between rounds so no client always runs first or last.
-            order = CLIENTS[round_ % 3 :] + CLIENTS[: round_ % 3]
+            shift = round_ % len(CLIENTS)
+            order = CLIENTS[shift:] + CLIENTS[:shift]
             for client in order:
                 print(f"round {round_ + 1}/{args.rounds}: {client}", flush=True)
                 if client == "driver":
                     results += run_driver(target, keys, timing, round_)
                 else:
                     results += anyio.run(
-                        run_library, client, target, keys, timing, round_, backend=client
+                        run_library,
+                        client,
+                        target,
+                        keys,
+                        timing,
+                        round_,
+                        backend=client.partition("+")[0],
                     )
         profile_text = None
         if args.profile:
