@@ -290,10 +290,16 @@ async def test_a_slow_request_and_a_cancelled_one(pausable_node: LocalCassandra)
         assert slow.end_time - slow.start_time >= 300_000_000
         pausable_node.pause()
         try:
+            with pytest.raises(TimeoutError):
+                await session.execute("SELECT release_version FROM system.local", timeout=0.2)
+            timed_out = telemetry.spans("SELECT local")[-1]
             with anyio.move_on_after(0.2):
                 await session.execute("SELECT release_version FROM system.local")
         finally:
             pausable_node.resume()
+    assert timed_out.status.status_code is StatusCode.ERROR
+    assert dict(timed_out.attributes or {})["error.type"] == "timeout"
+    assert "db.response.status_code" not in dict(timed_out.attributes or {})  # no answer
     cancelled = telemetry.spans("SELECT local")[-1]
     assert cancelled.status.status_code is StatusCode.ERROR
     assert dict(cancelled.attributes or {})["error.type"] == "cancelled"
