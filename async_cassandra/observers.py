@@ -91,6 +91,7 @@ class ObservedRequest:
         #: How many parameters were given (their values are never recorded).
         self.parameters_count = parameters_count
         self._table = table
+        self._operation_name: str | None = None  # worked out when first asked for
         #: ``cassandra.ConsistencyLevel`` value the request was sent with, once sent.
         self.consistency_level: int | None = None
         self.start_time_ns = time.time_ns()
@@ -122,10 +123,15 @@ class ObservedRequest:
     @property
     def operation_name(self) -> str:
         """The CQL command (``SELECT``, ``INSERT``, ...; ``BATCH`` for a batch)."""
-        if self.statement_type == "batch" or self.query is None:
-            return "BATCH"
-        match = _OPERATION.match(_COMMENTS.sub(" ", self.query))
-        return match.group(1).upper() if match else ""
+        name = self._operation_name
+        if name is None:
+            if self.statement_type == "batch" or self.query is None:
+                name = "BATCH"
+            else:
+                match = _OPERATION.match(_COMMENTS.sub(" ", self.query))
+                name = match.group(1).upper() if match else ""
+            self._operation_name = name
+        return name
 
     @property
     def table(self) -> str | None:
