@@ -27,6 +27,7 @@ What 0.0.1 did differently: a task per recorded query (fire-and-forget, unowned)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
@@ -428,10 +429,17 @@ class MetricsMiddleware(RequestObserver):
 
     def _normalize_query(self, query: str) -> str:
         """12 hex digits naming ``query`` with literals and numbers left out."""
-        normalized = re.sub(r"\s+", " ", query.strip().upper())
-        normalized = re.sub(r"'[^']*'", "'?'", normalized)  # string literals
-        normalized = re.sub(r"\b\d+\b", "?", normalized)  # numbers
-        return hashlib.md5(normalized.encode(), usedforsecurity=False).hexdigest()[:12]
+        return _query_hash(query)
+
+
+@functools.lru_cache(maxsize=4096)
+def _query_hash(query: str) -> str:
+    # Cached: a service runs the same few statements over and over, and three regular
+    # expressions and a digest per request would cost more than the rest of recording.
+    normalized = re.sub(r"\s+", " ", query.strip().upper())
+    normalized = re.sub(r"'[^']*'", "'?'", normalized)  # string literals
+    normalized = re.sub(r"\b\d+\b", "?", normalized)  # numbers
+    return hashlib.md5(normalized.encode(), usedforsecurity=False).hexdigest()[:12]
 
 
 def create_metrics_system(
