@@ -67,9 +67,9 @@ def bench(session: nox.Session) -> None:
 @nox.session
 def reliability(session: nox.Session) -> None:
     """Every node-failure scenario (tests/test_reliability.py, the long ones included,
-    the retry policy on three Simulacron nodes, and the connection monitor seeing a
-    killed node), on asyncio and trio; provisions and stops its own nodes. Figures go
-    to bench-results/reliability.json."""
+    the retry policy on three Simulacron nodes, the connection monitor seeing a killed
+    node, a server-side write timeout as a span), on asyncio and trio; provisions and
+    stops its own nodes. Figures go to bench-results/reliability.json."""
     _install(session, "test")
     session.run(
         "pytest",
@@ -78,5 +78,6 @@ def reliability(session: nox.Session) -> None:
         "tests/test_reliability.py",
         "tests/test_retry_policy_simulacron.py",
         "tests/test_monitoring.py",
+        "tests/test_otel.py",
         *session.posargs,
     )

@@ -300,9 +300,10 @@ def _coordinator_attributes(host: Any) -> dict[str, Any]:
 
 
 def _error_type(error: BaseException) -> str:
-    """The error's class, qualified: ``async_cassandra.exceptions.QueryError`` and the
-    like (a timeout of ours or the driver's: ``timeout``)."""
-    if isinstance(error, TimeoutError):
+    """The driver's exception class behind ``error``, qualified
+    (``cassandra.WriteTimeout``: the server's answer), else ``timeout`` for a client-side
+    timeout (no answer in time), else the error's own class."""
+    if isinstance(error, TimeoutError) and _driver.protocol_error_code(error) is None:
         return "timeout"
     klass = type(error)
     for base in klass.__mro__:  # our combined classes name the driver's inside

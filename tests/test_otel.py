@@ -10,8 +10,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import anyio
+import cassandra
 import pytest
 from cassandra import ConsistencyLevel
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, ExecutionProfile
+from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.protocol import ServerError
 from cassandra.query import SimpleStatement
 from opentelemetry.sdk.metrics import MeterProvider
@@ -31,6 +34,7 @@ from async_cassandra import (
 from async_cassandra._driver import protocol_error_code
 from async_cassandra.otel import OpenTelemetryObserver
 from async_cassandra.testing import LocalCassandra
+from async_cassandra.testing.pytest_plugin import CassandraCluster
 
 pytestmark = pytest.mark.anyio
 
@@ -303,3 +307,47 @@ async def test_a_slow_request_and_a_cancelled_one(pausable_node: LocalCassandra)
     cancelled = telemetry.spans("SELECT local")[-1]
     assert cancelled.status.status_code is StatusCode.ERROR
     assert dict(cancelled.attributes or {})["error.type"] == "cancelled"
+
+
+@pytest.mark.reliability
+async def test_a_server_side_write_timeout_is_an_error_span_with_its_code(
+    cassandra_cluster3: CassandraCluster, cassandra_keyspace_rf3: str
+) -> None:
+    # Two of three replicas frozen (not yet seen down by gossip): the coordinator waits
+    # for a second acknowledgement until its write_request_timeout, then answers
+    # WriteTimeout (0x1100) itself.
+    launcher = cassandra_cluster3.launcher
+    telemetry = Telemetry()
+    profile = ExecutionProfile(
+        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()), request_timeout=30
+    )
+    async with (
+        AsyncCluster(
+            cassandra_cluster3.contact_points,
+            port=cassandra_cluster3.port,
+            observers=[telemetry.observer],
+            execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+        ) as cluster,
+        await cluster.connect() as session,
+    ):
+        table = f"{cassandra_keyspace_rf3}.otel_writes"
+        await session.execute(f"CREATE TABLE {table} (k int PRIMARY KEY, v text)")
+        coordinator = cluster.metadata.get_host(launcher.addresses[0])
+        insert = SimpleStatement(
+            f"INSERT INTO {table} (k, v) VALUES (%s, %s)",
+            consistency_level=ConsistencyLevel.QUORUM,
+        )
+        launcher.pause(1)
+        launcher.pause(2)
+        try:
+            with pytest.raises(cassandra.WriteTimeout):
+                await session.execute(insert, [1, "x"], host=coordinator)
+        finally:
+            launcher.resume(1)
+            launcher.resume(2)
+    span = telemetry.spans("INSERT otel_writes")[-1]
+    assert span.status.status_code is StatusCode.ERROR
+    attributes = dict(span.attributes or {})
+    assert attributes["db.response.status_code"] == "4352"  # 0x1100
+    assert attributes["error.type"] == "cassandra.WriteTimeout"
+    assert attributes["cassandra.consistency.level"] == "quorum"
