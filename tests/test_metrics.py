@@ -4,6 +4,7 @@ Prometheus exposition, collectors of the user's own (both backends, real node)."
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import anyio
@@ -163,3 +164,17 @@ async def test_collectors_of_ones_own_are_recorded_without_a_task(
             "total_queries": 0,
         }
     }
+
+
+def test_the_prometheus_collector_without_prometheus_client_warns_and_does_nothing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # import fails, as 0.0.1's
+    with caplog.at_level(logging.WARNING, logger="async_cassandra.metrics"):
+        collector = PrometheusMetricsCollector()
+    assert "prometheus_client is not installed" in caplog.text
+    collector.record_query_now(QueryMetrics("abc", 0.1, True))  # nothing, no error
+    middleware = create_metrics_system(backend="none", prometheus_enabled=True)
+    assert [type(c) for c in middleware.collectors] == [PrometheusMetricsCollector]
+    stats = anyio.run(collector.get_stats)
+    assert stats == {"error": "Prometheus client not available"}
