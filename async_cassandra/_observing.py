@@ -173,14 +173,9 @@ def request_ended(
     a cancellation counts as cancelled, not as an error) and show it to its observers."""
     if record.end_time_ns is not None:
         return  # already ended (a stream closed twice)
-    if error is not None and is_cancellation(error):
-        record.cancelled = True
-    else:
-        record.error = error
     if warnings:
         record.warnings = list(warnings)
-    record.duration = record.elapsed()
-    record.end_time_ns = time.time_ns()
+    _mark_ended(record, error)
     notify(record.observers, "request_ended", record)
 
 
@@ -193,10 +188,15 @@ def observe_prepare(observers: Observers, query: str, keyspace: str | None) -> O
 
 def prepare_ended(record: ObservedPrepare, error: BaseException | None) -> None:
     """Record how the prepare ended and show it to its observers."""
+    _mark_ended(record, error)
+    notify(record.observers, "prepare_ended", record)
+
+
+def _mark_ended(record: ObservedRequest | ObservedPrepare, error: BaseException | None) -> None:
+    # What the caller got: a cancellation counts as cancelled, not as an error.
     if error is not None and is_cancellation(error):
         record.cancelled = True
     else:
         record.error = error
     record.duration = record.elapsed()
     record.end_time_ns = time.time_ns()
-    notify(record.observers, "prepare_ended", record)

@@ -65,7 +65,9 @@ class QueryMetrics:
     """One query: ``query_hash`` (12 hex digits naming the normalized CQL text, values
     left out; ``"BATCH"`` for a batch), ``duration`` in seconds, ``success``,
     ``error_type`` (the exception class's name; ``"Cancelled"`` for a call cancelled by
-    its caller), when it ended, how many parameters it had and rows it returned."""
+    its caller), when it ended, how many parameters it had and rows it returned; and,
+    after 0.0.1's fields, ``query_type``: ``simple`` (a CQL string or
+    ``SimpleStatement``), ``prepared`` or ``batch``."""
 
     query_hash: str
     duration: float
@@ -74,6 +76,7 @@ class QueryMetrics:
     timestamp: datetime = field(default_factory=_now)
     parameters_count: int = 0
     result_size: int = 0
+    query_type: str = "simple"
 
 
 @dataclass
@@ -260,12 +263,13 @@ class PrometheusMetricsCollector(MetricsCollector):
         self.query_duration, self.query_total, self.connection_health, self.error_total = metrics
         self._available = True
 
-    def record_query_now(self, metrics: QueryMetrics, query_type: str = "simple") -> None:
+    def record_query_now(self, metrics: QueryMetrics) -> None:
         if not self._available:
             return
         success = "success" if metrics.success else "failure"
-        self.query_duration.labels(query_type=query_type, success=success).observe(metrics.duration)
-        self.query_total.labels(query_type=query_type, success=success).inc()
+        labels = {"query_type": metrics.query_type, "success": success}
+        self.query_duration.labels(**labels).observe(metrics.duration)
+        self.query_total.labels(**labels).inc()
         if not metrics.success and metrics.error_type:
             self.error_total.labels(error_type=metrics.error_type).inc()
 
@@ -327,8 +331,9 @@ class MetricsMiddleware(RequestObserver):
             error_type=error_type,
             parameters_count=request.parameters_count,
             result_size=request.rows,
+            query_type=_QUERY_TYPES.get(request.statement_type, "simple"),
         )
-        self._record_query(metrics, _QUERY_TYPES.get(request.statement_type, "simple"))
+        self._hand_over("record_query", metrics)
 
     # -- 0.0.1's recording API ---------------------------------------------------------
 
@@ -344,7 +349,8 @@ class MetricsMiddleware(RequestObserver):
         """Record one query by hand (``duration`` in seconds)."""
         if not self._enabled:
             return
-        self._record_query(
+        self._hand_over(
+            "record_query",
             QueryMetrics(
                 query_hash=self._normalize_query(query),
                 duration=duration,
@@ -353,7 +359,6 @@ class MetricsMiddleware(RequestObserver):
                 parameters_count=parameters_count,
                 result_size=result_size,
             ),
-            "simple",
         )
 
     async def record_connection_metrics(
@@ -379,25 +384,19 @@ class MetricsMiddleware(RequestObserver):
 
     def record_connection_health(self, metrics: ConnectionMetrics) -> None:
         """Hand one health check to every collector, synchronously."""
-        for collector in self.collectors:
-            now = getattr(collector, "record_connection_health_now", None)
-            if now is not None:
-                self._call(collector, now, metrics)
-            else:
-                self._drive(collector, collector.record_connection_health(metrics))
+        self._hand_over("record_connection_health", metrics)
 
     # -- mechanism ---------------------------------------------------------------------
 
-    def _record_query(self, metrics: QueryMetrics, query_type: str) -> None:
+    def _hand_over(self, method: str, metrics: Any) -> None:
+        # Every collector's synchronous ``<method>_now`` if it has one, else its
+        # coroutine ``<method>`` (0.0.1's interface), driven in place.
         for collector in self.collectors:
-            if isinstance(collector, PrometheusMetricsCollector):
-                self._call(collector, collector.record_query_now, metrics, query_type)
-                continue
-            now = getattr(collector, "record_query_now", None)
+            now = getattr(collector, f"{method}_now", None)
             if now is not None:
                 self._call(collector, now, metrics)
             else:
-                self._drive(collector, collector.record_query(metrics))
+                self._drive(collector, getattr(collector, method)(metrics))
 
     def _call(self, collector: Any, record: Any, *args: Any) -> None:
         try:

@@ -48,7 +48,39 @@ _COMMENTS = re.compile(r"(--|//)[^\n]*|/\*.*?\*/", re.S)
 _OPERATION = re.compile(r"\s*([A-Za-z]+)")
 
 
-class ObservedRequest:
+class _ObservedCall:
+    """What requests and prepares have alike: who observes them, when they started,
+    how they ended, and state for observers."""
+
+    def __init__(self, observers: tuple[Any, ...]) -> None:
+        #: The observers that see this call (those of the session when it started).
+        self.observers = observers
+        self.start_time_ns = time.time_ns()
+        self._started = time.perf_counter()
+        #: Set at the end: the exception the caller got (None on success), whether the
+        #: caller was cancelled (then ``error`` is None), seconds from start to end.
+        self.error: BaseException | None = None
+        self.cancelled = False
+        self.end_time_ns: int | None = None
+        self.duration: float | None = None
+        #: Free for observers: their own per-call state, keyed by observer.
+        self.state: dict[Any, Any] = {}
+
+    @property
+    def outcome(self) -> str:
+        """``"ok"``, ``"error"`` or ``"cancelled"`` once ended; ``"running"`` before."""
+        if self.end_time_ns is None:
+            return "running"
+        if self.cancelled:
+            return "cancelled"
+        return "ok" if self.error is None else "error"
+
+    def elapsed(self) -> float:
+        """Seconds since the call started."""
+        return time.perf_counter() - self._started
+
+
+class ObservedRequest(_ObservedCall):
     """One request (``execute``, ``execute_stream``, a batch), as observers see it.
 
     Filled in as the request goes: what was asked at ``request_started``; the
@@ -70,8 +102,7 @@ class ObservedRequest:
         table: str | None = None,
         parameters_count: int = 0,
     ) -> None:
-        #: The observers that see this request (those of the session when it started).
-        self.observers = observers
+        super().__init__(observers)
         #: ``"execute"`` or ``"execute_stream"``.
         self.operation = operation
         #: ``"string"`` (a CQL string), ``"simple"`` (a ``SimpleStatement``),
@@ -94,8 +125,6 @@ class ObservedRequest:
         self._operation_name: str | None = None  # worked out when first asked for
         #: ``cassandra.ConsistencyLevel`` value the request was sent with, once sent.
         self.consistency_level: int | None = None
-        self.start_time_ns = time.time_ns()
-        self._started = time.perf_counter()
         #: Seconds spent waiting for an in-flight slot (the session's limiter).
         self.limiter_wait = 0.0
         #: Pages and rows received so far.
@@ -107,14 +136,6 @@ class ObservedRequest:
         self.attempted_hosts: list[Any] = []
         #: The server's warnings, every page's.
         self.warnings: list[str] = []
-        #: Set at the end: the exception the caller got (None on success), whether the
-        #: caller was cancelled (then ``error`` is None), seconds from start to end.
-        self.error: BaseException | None = None
-        self.cancelled = False
-        self.end_time_ns: int | None = None
-        self.duration: float | None = None
-        #: Free for observers: their own per-request state, keyed by observer.
-        self.state: dict[Any, Any] = {}
         #: Entries an observer adds here in ``request_started`` are sent in the
         #: request's custom payload (the CQL protocol's string-to-bytes map), after the
         #: caller's own: how trace context reaches the server (see otel).
@@ -154,19 +175,6 @@ class ObservedRequest:
             return None
         return str(ConsistencyLevel.value_to_name.get(level, level)).lower()
 
-    @property
-    def outcome(self) -> str:
-        """``"ok"``, ``"error"`` or ``"cancelled"`` once ended; ``"running"`` before."""
-        if self.end_time_ns is None:
-            return "running"
-        if self.cancelled:
-            return "cancelled"
-        return "ok" if self.error is None else "error"
-
-    def elapsed(self) -> float:
-        """Seconds since the request started."""
-        return time.perf_counter() - self._started
-
     def __repr__(self) -> str:
         return f"<ObservedRequest {self.operation} {self.summary!r} {self.outcome}>"
 
@@ -201,25 +209,15 @@ class ObservedPage:
         return f"<ObservedPage {self.number}: {self.rows} rows in {self.duration:.4f} s>"
 
 
-class ObservedPrepare:
+class ObservedPrepare(_ObservedCall):
     """One ``session.prepare`` (or a ``prepare=True`` cache miss): its ``query``,
     ``keyspace``, times, and at the end ``error`` (None on success), ``cancelled``
     and ``duration`` in seconds."""
 
     def __init__(self, observers: tuple[Any, ...], query: str, keyspace: str | None) -> None:
-        self.observers = observers
+        super().__init__(observers)
         self.query = query
         self.keyspace = keyspace
-        self.start_time_ns = time.time_ns()
-        self._started = time.perf_counter()
-        self.error: BaseException | None = None
-        self.cancelled = False
-        self.end_time_ns: int | None = None
-        self.duration: float | None = None
-        self.state: dict[Any, Any] = {}
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self._started
 
 
 class RequestObserver:

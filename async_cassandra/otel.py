@@ -134,16 +134,7 @@ class OpenTelemetryObserver(RequestObserver):
                 self._finish(spans.first, request, page.end_time_ns, page.error, rows=page.rows)
                 spans.first = None
             return
-        span = self._tracer.start_span(
-            _span_name(request),
-            context=spans.parent,
-            kind=SpanKind.CLIENT,
-            attributes={
-                **self._request_attributes(request),
-                "cassandra.page.number": page.number,
-            },
-            start_time=page.start_time_ns,
-        )
+        span = self._page_span(request, spans, page.number, page.start_time_ns)
         self._finish(span, request, page.end_time_ns, page.error, rows=page.rows, page=page)
 
     def request_ended(self, request: ObservedRequest) -> None:
@@ -159,19 +150,23 @@ class OpenTelemetryObserver(RequestObserver):
         elif error is not None or request.cancelled:
             # A stream that failed (or was cancelled) waiting for a later page: that
             # fetch's span, from the last page's arrival, with the error.
-            span = self._tracer.start_span(
-                _span_name(request),
-                context=spans.parent,
-                kind=SpanKind.CLIENT,
-                attributes={
-                    **self._request_attributes(request),
-                    "cassandra.page.number": request.pages + 1,
-                },
-                start_time=spans.last_end_ns or request.start_time_ns,
-            )
+            start = spans.last_end_ns or request.start_time_ns
+            span = self._page_span(request, spans, request.pages + 1, start)
             self._finish(span, request, end, error, rows=0, cancelled=request.cancelled)
         attributes = self._metric_attributes(request)
         self._duration.record(request.duration or 0.0, attributes)
+
+    def _page_span(
+        self, request: ObservedRequest, spans: _RequestSpans, number: int, start_time_ns: int
+    ) -> Any:
+        """The span of a stream's page fetch after the first, under the stream's context."""
+        return self._tracer.start_span(
+            _span_name(request),
+            context=spans.parent,
+            kind=SpanKind.CLIENT,
+            attributes={**self._request_attributes(request), "cassandra.page.number": number},
+            start_time=start_time_ns,
+        )
 
     # -- prepares --------------------------------------------------------------------
 
@@ -254,13 +249,7 @@ class OpenTelemetryObserver(RequestObserver):
         for key in ("server.address", "server.port"):
             if key in coordinator:
                 attributes[key] = coordinator[key]
-        if request.cancelled:
-            attributes["error.type"] = "cancelled"
-        elif request.error is not None:
-            attributes["error.type"] = _error_type(request.error)
-            code = _driver.protocol_error_code(request.error)
-            if code is not None:
-                attributes["db.response.status_code"] = str(code)
+        attributes.update(_error_attributes(request.error, request.cancelled))
         return attributes
 
 
@@ -299,11 +288,25 @@ def _coordinator_attributes(host: Any) -> dict[str, Any]:
     return attributes
 
 
-def _error_type(error: BaseException) -> str:
+def _error_attributes(error: BaseException | None, cancelled: bool) -> dict[str, str]:
+    """``error.type`` and, when the server answered with an error,
+    ``db.response.status_code``; nothing for a success."""
+    if cancelled:
+        return {"error.type": "cancelled"}
+    if error is None:
+        return {}
+    code = _driver.protocol_error_code(error)
+    attributes = {"error.type": _error_type(error, code)}
+    if code is not None:
+        attributes["db.response.status_code"] = str(code)
+    return attributes
+
+
+def _error_type(error: BaseException, code: int | None) -> str:
     """The driver's exception class behind ``error``, qualified
-    (``cassandra.WriteTimeout``: the server's answer), else ``timeout`` for a client-side
-    timeout (no answer in time), else the error's own class."""
-    if isinstance(error, TimeoutError) and _driver.protocol_error_code(error) is None:
+    (``cassandra.WriteTimeout``: the server's answer, ``code``), else ``timeout`` for a
+    client-side timeout (no answer in time), else the error's own class."""
+    if isinstance(error, TimeoutError) and code is None:
         return "timeout"
     klass = type(error)
     for base in klass.__mro__:  # our combined classes name the driver's inside
@@ -313,15 +316,9 @@ def _error_type(error: BaseException) -> str:
 
 
 def _set_error(span: Any, error: BaseException | None, cancelled: bool) -> None:
+    span.set_attributes(_error_attributes(error, cancelled))
     if cancelled:
-        span.set_attribute("error.type", "cancelled")
         span.set_status(Status(StatusCode.ERROR, "cancelled by the caller"))
-        return
-    if error is None:
-        return
-    span.set_attribute("error.type", _error_type(error))
-    code = _driver.protocol_error_code(error)
-    if code is not None:
-        span.set_attribute("db.response.status_code", str(code))
-    span.record_exception(error)
-    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"[:500]))
+    elif error is not None:
+        span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"[:500]))
