@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 
 import anyio
 import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(relative_path: str, module_name: str) -> ModuleType:
+    """The example file ``examples/<relative_path>``, imported as ``module_name``
+    (examples/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / relative_path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 async def wait_until(condition: Callable[[], bool], what: str, limit: float = 30.0) -> None:

@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+from _helpers import EXAMPLES
 
 
 def run_example(node: Any, *args: str, cwd: Path | None = None) -> str:

@@ -4,22 +4,18 @@ its lifespan, on asyncio and on trio."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import logging
-import sys
 import uuid
 from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import anyio
 import httpx
 import prometheus_client
 import pytest
-from _helpers import wait_until
+from _helpers import load_example, wait_until
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from opentelemetry.sdk.trace import TracerProvider
@@ -31,22 +27,9 @@ from async_cassandra.otel import OpenTelemetryObserver
 
 pytestmark = pytest.mark.anyio
 
-APP_PATH = Path(__file__).resolve().parents[1] / "examples" / "fastapi_app" / "app.py"
 PAGING_KEY = b"k" * 32
 
-
-def _load_example() -> ModuleType:
-    # examples/ is not a package; load the file under a name of its own.
-    spec = importlib.util.spec_from_file_location("fastapi_example_app", APP_PATH)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-example = _load_example()
+example = load_example("fastapi_app/app.py", "fastapi_example_app")
 
 
 @asynccontextmanager

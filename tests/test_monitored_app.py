@@ -3,26 +3,17 @@ calls) against the real test node, through its lifespan, on asyncio and on trio.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
-from _helpers import wait_until
+from _helpers import load_example, wait_until
 from asgi_lifespan import LifespanManager
 
 pytestmark = pytest.mark.anyio
 
-APP_PATH = Path(__file__).resolve().parents[1] / "examples" / "monitored_app.py"
-spec = importlib.util.spec_from_file_location("monitored_example_app", APP_PATH)
-assert spec is not None
-assert spec.loader is not None
-example = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = example
-spec.loader.exec_module(example)
+example = load_example("monitored_app.py", "monitored_example_app")
 
 
 async def test_the_monitored_app_serves_and_reports(
