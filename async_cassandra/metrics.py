@@ -156,6 +156,8 @@ class InMemoryMetricsCollector(MetricsCollector):
         self.record_connection_health_now(metrics)
 
     async def get_stats(self) -> dict[str, Any]:
+        """The statistics (see the class); awaitable as in 0.0.1, it never waits and
+        never raises."""
         return self.stats()
 
     def stats(self) -> dict[str, Any]:
@@ -346,7 +348,8 @@ class MetricsMiddleware(RequestObserver):
         parameters_count: int = 0,
         result_size: int = 0,
     ) -> None:
-        """Record one query by hand (``duration`` in seconds)."""
+        """Record one query by hand (``duration`` in seconds), synchronously in every
+        collector; never waits, and a collector that raises is logged, not raised."""
         if not self._enabled:
             return
         self._hand_over(
@@ -369,7 +372,8 @@ class MetricsMiddleware(RequestObserver):
         error_count: int = 0,
         total_queries: int = 0,
     ) -> None:
-        """Record one health check of ``host`` (``response_time`` in seconds)."""
+        """Record one health check of ``host`` (``response_time`` in seconds), as
+        :meth:`record_query_metrics` records a query."""
         if self._enabled:
             self.record_connection_health(
                 ConnectionMetrics(

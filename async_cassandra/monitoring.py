@@ -209,7 +209,10 @@ class ConnectionMonitor(RequestObserver):
         return metrics
 
     async def get_cluster_metrics(self) -> ClusterMetrics:
-        """Check every host, all at once; see :meth:`check_host_health`."""
+        """Check every host, all at once (one task each, in a task group of this call);
+        see :meth:`check_host_health`. Cancellation cancels every check and propagates;
+        nothing else raises for a host's sake. Each check takes at most
+        ``HEALTH_CHECK_TIMEOUT`` (5 s)."""
         hosts = list(self._cluster.metadata.all_hosts())
         results: list[HostMetrics | None] = [None] * len(hosts)
 
@@ -240,8 +243,9 @@ class ConnectionMonitor(RequestObserver):
         )
 
     async def warmup_connections(self) -> None:
-        """Send one query to each host that is up, so that first requests find their
-        connections ready; failures are logged."""
+        """Send one query to each host that is up, one after the other, so that first
+        requests find their connections ready; failures are logged, not raised.
+        Cancellation stops it and propagates."""
         hosts = [h for h in self._cluster.metadata.all_hosts() if h.is_up]
         ok = 0
         for host in hosts:
@@ -266,7 +270,10 @@ class ConnectionMonitor(RequestObserver):
     async def start_monitoring(self, interval: float = 60) -> None:
         """Check every host every ``interval`` seconds until :meth:`stop_monitoring` or
         the end of the ``async with`` block. A second start while running is ignored
-        (with a warning), as in 0.0.1."""
+        (with a warning), as in 0.0.1. Returns at once (the checks run in the
+        background: the monitor's task group, or outside one without ``async with``);
+        raises :class:`ConfigurationError` for an ``interval`` that is not a number of
+        seconds above 0. A round that fails is logged and the next one runs."""
         if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
             raise ConfigurationError(f"interval must be a number of seconds > 0, not {interval!r}")
         if self._scope is not None:
@@ -284,7 +291,9 @@ class ConnectionMonitor(RequestObserver):
         logger.info("monitoring every %g s", interval)
 
     async def stop_monitoring(self) -> None:
-        """Stop the monitoring and wait until it has stopped. Idempotent."""
+        """Stop the monitoring and wait until it has stopped (its current health
+        checks are cancelled). Idempotent. The wait is shielded: cancelling the caller
+        does not leave the monitoring half-stopped."""
         scope, stopped = self._scope, self._stopped
         if scope is None or stopped is None:
             return
@@ -389,6 +398,8 @@ class RateLimitedSession:
         self.metrics = {"total_requests": 0, "active_requests": 0, "rejected_requests": 0}
 
     async def execute(self, query: Any, parameters: Any = None, **kwargs: Any) -> Any:
+        """:meth:`AsyncCassandraSession.execute`, counted; it waits for an in-flight slot
+        of the session's bound as any call does. Cancellation and errors as there."""
         self.metrics["total_requests"] += 1
         self.metrics["active_requests"] += 1
         try:
@@ -397,9 +408,12 @@ class RateLimitedSession:
             self.metrics["active_requests"] -= 1
 
     async def prepare(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        """:meth:`AsyncCassandraSession.prepare`, not counted; cancellation and errors
+        as there."""
         return await self.session.prepare(query, *args, **kwargs)
 
     def get_metrics(self) -> dict[str, int]:
+        """A copy of this wrapper's counters (0.0.1's keys)."""
         return dict(self.metrics)
 
     def __getattr__(self, name: str) -> Any:
@@ -419,7 +433,10 @@ async def create_monitored_session(
 
     ``cluster_options`` go to :class:`~async_cassandra.AsyncCluster` (``port=``, ...).
     The session owns the cluster made for it: ``await session.close()`` shuts both
-    down.
+    down. Raises what :meth:`AsyncCluster.connect` raises (:class:`ConnectionError`,
+    :class:`TimeoutError`, :class:`ConfigurationError`); then, or if cancelled while
+    connecting, the cluster is shut down before the error propagates
+    (tests/test_monitoring.py and examples/monitored_app.py show it in use).
     """
     cluster = AsyncCluster(contact_points, **cluster_options)
     try:

@@ -142,7 +142,9 @@ class AsyncCassandraSession:
     def add_observer(self, observer: Any) -> None:
         """Show every request started from now on to ``observer`` too (a
         :class:`~async_cassandra.observers.RequestObserver`, or any object with some
-        of its methods). Requests already running keep the observers they had."""
+        of its methods). Requests already running keep the observers they had.
+        Raises :class:`ConfigurationError` for an object with none of those methods
+        (tests/test_observers.py shows both)."""
         self._observers = (*self._observers, *checked_observers([observer]))
 
     def remove_observer(self, observer: Any) -> None:

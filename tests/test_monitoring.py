@@ -18,6 +18,7 @@ from async_cassandra import (
     AsyncCassandraSession,
     AsyncCluster,
     ClusterMetrics,
+    ConfigurationError,
     ConnectionMonitor,
     RateLimitedSession,
     create_monitored_session,
@@ -87,6 +88,9 @@ async def test_monitoring_started_and_stopped_the_0_0_1_way(
     monitor = ConnectionMonitor(session)
     rounds: list[ClusterMetrics] = []
     monitor.add_callback(rounds.append)
+    for interval in (0, -1, "30"):
+        with pytest.raises(ConfigurationError, match="interval"):
+            await monitor.start_monitoring(interval=interval)  # type: ignore[arg-type]
     await monitor.start_monitoring(interval=0.1)
     await monitor.start_monitoring(interval=0.1)  # already running: ignored
     await wait_until(lambda: len(rounds) >= 2, "two rounds of monitoring")
