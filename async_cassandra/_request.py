@@ -268,7 +268,7 @@ class DriverRequest:
             if warnings:
                 self.warnings.extend(warnings)
         if detached:
-            self._retire()  # nobody waits: drop the result and our callbacks
+            self._retire(finished=True)  # nobody waits: drop the result and our callbacks
         else:
             _hand_over(waiter, portal, on_arrival, rows, error)
 
@@ -284,7 +284,8 @@ class DriverRequest:
             return
         waiter, portal, on_arrival, _ = taken
         self._limiter.release()
-        self._retire()
+        # The driver may still answer (or time out) the page: its timer stays armed.
+        self._retire(finished=False)
         _hand_over(waiter, portal, on_arrival, None, error)
 
     def _take_page(self, *, detach: bool) -> tuple[Waiter, Portal, OnArrival | None, bool] | None:
@@ -303,12 +304,16 @@ class DriverRequest:
             self._detached = self._detached or detach
             return waiter, self._portal, self._on_arrival, self._detached
 
-    def _retire(self) -> None:
-        # Any thread. Breaks the future -> callback -> request cycle now instead of
-        # leaving it to the cycle collector.
+    def _retire(self, *, finished: bool) -> None:
+        # Any thread. Breaks the future -> callback -> request cycle, and once the
+        # driver has finished with the request the future -> timer -> future one, now:
+        # left to the cycle collector, they cost loop stalls under load (see
+        # _driver.drop_timer).
         future = self._future
         if future is not None:
             future.clear_callbacks()
+            if finished:
+                _driver.drop_timer(future)
         self._registry.discard(self)
 
     # -- loop side ------------------------------------------------------------------
@@ -323,7 +328,12 @@ class DriverRequest:
         except Exception as error:
             # Read now: the request may have been sent after this wait began.
             await surface_deadline(error, self.timing_deadline)
-            raise translate_driver_error(error, hint=self._hint(error))  # noqa: B904
+            hint = self._hint(error)
+            # The driver's future (and the waiter) keep ``error``, whose traceback (this
+            # wait, nothing of the caller's) holds this frame, which holds this request
+            # and its future: a cycle per failed request for the cycle collector.
+            error.__traceback__ = None
+            raise translate_driver_error(error, hint=hint)  # noqa: B904
 
     def _hint(self, error: BaseException) -> str | None:
         """What the caller can do about ``error``, where the driver's message omits it."""
@@ -416,7 +426,7 @@ class DriverRequest:
             self._detached = True
             finished = self._waiter is None
         if finished:
-            self._retire()
+            self._retire(finished=True)
 
 
 def _hand_over(

@@ -341,6 +341,7 @@ class AsyncCassandraSession:
         except BaseException as error:
             if observed is not None:
                 request_ended(observed, error)
+                observed = None  # holds error, whose traceback holds this frame: no cycle
             raise
         if observed is not None:
             request_ended(observed, None, request.warnings)
@@ -376,6 +377,7 @@ class AsyncCassandraSession:
                 page = await request.next_page(portal)
             except Exception as error:
                 page_ended(observed, future, None, asked, error)
+                observed = None  # the caller stores error in it (see execute)
                 raise
             page_ended(observed, future, page, asked)
             pages.add(page or [])
@@ -457,6 +459,7 @@ class AsyncCassandraSession:
             request.detach()
             if observed is not None and isinstance(error, Exception):
                 page_ended(observed, request.sent_future, None, sent_at, error)
+            observed = None  # the caller stores error in it (see execute)
             if paging_state is not None and _is_paging_state_refusal(error):
                 raise _paging_state_error(error)  # noqa: B904 - the cause is set inside
             raise
@@ -581,6 +584,7 @@ class AsyncCassandraSession:
         except BaseException as error:
             if observed is not None:
                 request_ended(observed, error)
+                observed = None  # holds error, whose traceback holds this frame: no cycle
             raise
         try:
             return AsyncStreamingResultSet(
@@ -590,6 +594,7 @@ class AsyncCassandraSession:
             request.detach()
             if observed is not None:
                 request_ended(observed, error)
+                observed = None
             raise
 
     async def execute_batch(
