@@ -6,7 +6,7 @@ executor threads, or inline on the caller when the result is already there. A
 value)`` pairs with :meth:`Portal.deliver`; the portal queues them and makes sure at
 most one wake-up of its loop is pending, so a burst of completions costs one
 ``call_soon_threadsafe`` (or ``run_sync_soon``), not one each. The drain then resolves
-the waiters on the loop thread.
+the waiters on the loop thread, :data:`DRAIN_BATCH` per turn of the loop.
 
 The portal never blocks the calling thread (a lock held for a few bytecodes is all),
 never raises into it, and drops results whose waiter was cancelled.
@@ -27,7 +27,15 @@ from anyio.lowlevel import current_token
 from ._backends import BackendKit, Waiter, kit_for
 from ._outbox import Outbox
 
-__all__ = ["InFlightLimiter", "Portal", "current_portal"]
+__all__ = ["DRAIN_BATCH", "InFlightLimiter", "Portal", "current_portal"]
+
+# Waiters resolved per turn of the loop, at most. Each resumes its task in the loop's
+# next turn, before the loop looks at its timers again; with hundreds of requests in
+# flight, resolving every queued completion at once held timers (cancel scopes'
+# deadlines, other tasks' sleeps) for a whole burst of task steps: loop lag p50 7-9 ms
+# and p99 20-40 ms at 256 in flight, against 1-2 ms and about 9 ms in batches of 16,
+# at the same throughput (see the point-reads benchmark).
+DRAIN_BATCH = 16
 
 
 class Portal:
@@ -77,19 +85,38 @@ class Portal:
         return len(self._queue)
 
     def _drain(self) -> None:
-        # On the loop thread. Clear the flag first: a producer that appends after this
-        # point schedules a new drain, so nothing is ever stranded in the queue.
+        # On the loop thread, woken by deliver(). Clear the flag first: a producer that
+        # appends after this point schedules a new drain, so nothing is ever stranded.
         with self._lock:
             self._wake_pending = False
         self.wakeups += 1
+        self._resolve_batch()
+
+    def _drain_more(self) -> None:
+        # On the loop thread, in the turn after a batch (see _resolve_batch).
+        with self._lock:
+            self._wake_pending = False
+        self._resolve_batch()
+
+    def _resolve_batch(self) -> None:
         queue = self._queue
-        while queue:
+        for _ in range(DRAIN_BATCH):
+            if not queue:
+                return
             waiter, value, error = queue.popleft()
             # Waiters ignore results after cancellation and never raise.
             if error is None:
                 waiter.set_result(value)
             else:
                 waiter.set_exception(error)
+        if queue:
+            # The rest in the next turn, after the tasks just resumed and the timers.
+            # Marked pending so producers meanwhile need no cross-thread wake-up.
+            with self._lock:
+                if self._wake_pending:
+                    return  # a producer already woke us: its drain takes the rest
+                self._wake_pending = True
+            self._kit.schedule(self._drain_more)
 
 
 # One portal per running loop, keyed weakly by the loop's native token (the asyncio

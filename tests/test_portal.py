@@ -13,8 +13,10 @@ from typing import Any
 import anyio
 import pytest
 from _helpers import wait_until
+from anyio.lowlevel import current_token
 
-from async_cassandra._portal import InFlightLimiter, Portal, current_portal
+from async_cassandra._backends import kit_for
+from async_cassandra._portal import DRAIN_BATCH, InFlightLimiter, Portal, current_portal
 from async_cassandra._request import DriverRequest
 from async_cassandra.streaming import AsyncStreamingResultSet, StreamConfig
 
@@ -45,6 +47,67 @@ async def test_a_burst_of_completions_costs_one_wake_up() -> None:
     assert portal.pending == 1000
     assert [await waiter.wait() for waiter in waiters] == list(range(1000))
     assert portal.wakeups - before == 1
+    assert portal.pending == 0
+
+
+class CountingKit:
+    """The running loop's kit, counting the callbacks the portal has it run."""
+
+    def __init__(self) -> None:
+        self.inner = kit_for(current_token())
+        self.callbacks_run = 0
+        self.wake_ups = 0
+
+    def _counted(self, fn: Any) -> Any:
+        def run() -> None:
+            self.callbacks_run += 1
+            fn()
+
+        return run
+
+    def schedule_threadsafe(self, fn: Any) -> bool:
+        self.wake_ups += 1
+        return self.inner.schedule_threadsafe(self._counted(fn))
+
+    def schedule(self, fn: Any) -> None:
+        self.inner.schedule(self._counted(fn))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_a_burst_is_resolved_a_batch_per_turn_of_the_loop() -> None:
+    # With hundreds of completions queued, resolving them all in one callback would
+    # resume every task before the loop looks at its timers again.
+    kit = CountingKit()
+    portal = Portal(kit)
+    resolved_in: list[int] = []  # for each waiter in turn, the callback that resolved it
+
+    class Recording:
+        def __init__(self) -> None:
+            self.inner = kit.new_waiter()
+
+        def set_result(self, value: Any) -> None:
+            resolved_in.append(kit.callbacks_run)
+            self.inner.set_result(value)
+
+        def set_exception(self, error: BaseException) -> None:
+            raise AssertionError("no errors here")
+
+        async def wait(self) -> Any:
+            return await self.inner.wait()
+
+    waiters = [Recording() for _ in range(100)]
+
+    def deliver_all() -> None:
+        for index, waiter in enumerate(waiters):
+            portal.deliver(waiter, index)
+
+    in_thread(deliver_all)
+    assert [await waiter.wait() for waiter in waiters] == list(range(100))
+    per_callback = [resolved_in.count(run) for run in sorted(set(resolved_in))]
+    assert per_callback == [DRAIN_BATCH] * (100 // DRAIN_BATCH) + [100 % DRAIN_BATCH]
+    assert kit.wake_ups == 1  # the rest were resumed from the loop thread itself
     assert portal.pending == 0
 
 
