@@ -11,6 +11,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["lint", "tests"]
@@ -51,17 +55,63 @@ def lint(session: nox.Session) -> None:
     session.run("mypy", "--strict", "async_cassandra")
 
 
+def _bench_peers(session: nox.Session) -> dict[str, tuple[str | None, str | None]]:
+    """Venvs for the peer libraries of the benchmarks, next to the session's own
+    (.nox/bench-peers/): async-cassandra 0.0.1 on Python >= 3.12 (python3.12 on PATH or
+    under ~/.pyenv), acsylla on the session's Python; pip runs only when the pinned
+    version is not there yet. Returns, per peer, (its interpreter, None) or (None, why
+    it cannot run); the benchmarks report an unavailable peer loudly."""
+    path = Path(__file__).parent / "tests" / "benchmarks" / "_peers.py"
+    spec = importlib.util.spec_from_file_location("_peers", path)
+    assert spec is not None
+    assert spec.loader is not None
+    peers = importlib.util.module_from_spec(spec)
+    sys.modules["_peers"] = peers  # dataclasses look their module up there
+    spec.loader.exec_module(peers)
+    root = Path(session.virtualenv.location).parent / "bench-peers"
+    made = {}
+    for name in peers.PEERS:
+        base = str(Path(session.bin) / "python") if name == "acsylla" else None
+        venv = peers.ensure_venv(name, root / name, base)
+        if venv.python is None:
+            session.warn(f"bench: {name} will not be measured: {venv.reason}")
+        made[name] = (venv.python, venv.reason)
+    return made
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks against the raw driver, in one run; writes bench-results/*.json.
 
     Each script starts (and stops) its own node on 127.0.0.1. Options after `--` go to
     both scripts, so only the ones they share: `--address 127.0.0.40`, `--quick`,
-    `--output-dir DIR`.
+    `--output-dir DIR`. Both also measure two peers, each in a venv of its own made here
+    (see _bench_peers): async-cassandra 0.0.1 and acsylla. Then the charts: PNGs next to
+    the JSON (tests/benchmarks/plot.py).
     """
     _install(session, "bench")
-    session.run("python", "tests/benchmarks/point_reads.py", *session.posargs)
-    session.run("python", "tests/benchmarks/stream_rows.py", *session.posargs)
+    peers = _bench_peers(session)
+    pythons = [
+        arg for name, (python, _) in peers.items() if python for arg in (f"--{name}-python", python)
+    ]
+    point_reads = list(pythons)
+    for name, (python, reason) in peers.items():
+        if python is None:
+            point_reads += [f"--{name}-unavailable", str(reason)]
+    session.run("python", "tests/benchmarks/point_reads.py", *point_reads, *session.posargs)
+    session.run("python", "tests/benchmarks/stream_rows.py", *pythons, *session.posargs)
+    results = ["--results-dir", _option(session.posargs, "--output-dir") or "bench-results"]
+    session.run("python", "tests/benchmarks/plot.py", *results)
+
+
+def _option(args: list[str], name: str) -> str | None:
+    """The value of ``name`` in ``args`` (``--name VALUE`` or ``--name=VALUE``), if given."""
+    for index, arg in enumerate(args):
+        if arg == name and index + 1 < len(args):
+            return args[index + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 @nox.session
