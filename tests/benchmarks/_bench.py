@@ -1,7 +1,10 @@
 """What the benchmark scripts share: the node, run metadata, /proc readers, tables.
 
 Not a test module and not part of the package: the scripts next to it import it as a
-sibling (``python tests/benchmarks/<script>.py`` puts this folder on ``sys.path``).
+sibling (``python tests/benchmarks/<script>.py`` puts this folder on ``sys.path``; the peer
+runners ``_peer_*.py``, run with ``python -I`` in the peers' venvs, put it there
+themselves). So the standard library only at module level: ``async_cassandra`` and
+``cassandra`` are imported inside the functions that need them.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import platform
 import statistics
 import subprocess
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -24,6 +28,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 RESULTS_DIR = REPO / "bench-results"
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+RSS_SAMPLE_SECONDS = 0.010
 
 
 @dataclass
@@ -239,6 +244,32 @@ def reset_peak_rss() -> bool:
     except OSError:
         return False
     return True
+
+
+class RssSampler:
+    """VmRSS every 10 ms on a background thread; the maximum seen."""
+
+    def __init__(self) -> None:
+        self.max_kib = proc_status_kib("VmRSS") or 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(RSS_SAMPLE_SECONDS):
+            rss = proc_status_kib("VmRSS")
+            if rss is not None and rss > self.max_kib:
+                self.max_kib = rss
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        rss = proc_status_kib("VmRSS")
+        if rss is not None and rss > self.max_kib:
+            self.max_kib = rss
 
 
 # ------------------------------------------------------------------------ output

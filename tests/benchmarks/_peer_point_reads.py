@@ -4,10 +4,12 @@
         --keyspace K --concurrency 1,64,256 --warmup S --measure S
 
 Peers that cannot share a process with this project (async-cassandra 0.0.1 has our import
-name; acsylla has its own venv) run here, in a subprocess ``point_reads.py`` drives.
-Self-contained on purpose: the standard library and the peer's client library only
-(``-I`` keeps the repository off ``sys.path``), no ``_bench``, no ``async_cassandra`` of
-this repository.
+name; acsylla has its own venv) run here, in a subprocess ``point_reads.py`` drives. The
+standard library, the peer's client library and two siblings only: ``_peer_common`` (what
+the peer runners share) and ``_bench``'s /proc readers (standard library only at module
+level). ``-I`` keeps the repository root off ``sys.path`` (its ``async_cassandra`` would
+shadow 0.0.1's); this script puts its own folder there, which holds none: never the
+``async_cassandra`` of this repository.
 
 Protocol, one JSON object per line on stdout: ``{"event": "ready", ...}`` once connected
 and prepared (versions, protocol, and the ``name`` read for the first key, as a check);
@@ -30,71 +32,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
-import json
-import platform
 import random
 import sys
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-LAG_PROBE_SECONDS = 0.005
-# What each client's package is called on PyPI (for its version) and imports as.
-PACKAGES = {"v001": "async-cassandra", "acsylla": "acsylla"}
+# ``python -I`` leaves the script's folder off sys.path: put this folder (and only it)
+# first, for the siblings below. It holds no ``async_cassandra``, unlike the repository
+# root, which stays off (its package would shadow 0.0.1's).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def emit(event: str, **fields: Any) -> None:
-    print(json.dumps({"event": event, **fields}), flush=True)
-
-
-def context_switches() -> int:
-    total = 0
-    with contextlib.suppress(OSError):
-        for task in Path("/proc/self/task").iterdir():
-            with contextlib.suppress(OSError):
-                for line in (task / "status").read_text().splitlines():
-                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
-                        total += int(line.split()[1])
-    return total
-
-
-def _version(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
-def versions(client: str) -> dict[str, Any]:
-    if client == "v001":
-        import cassandra
-        import cassandra.cluster
-
-        import async_cassandra
-
-        module = async_cassandra.__file__
-        extra = {
-            "cassandra_driver": cassandra.__version__,
-            "driver_compiled": not cassandra.cluster.__file__.endswith(".py"),
-            "driver_reactor": cassandra.cluster.Cluster.connection_class.__name__,
-        }
-    else:
-        import acsylla
-
-        module = acsylla.__file__
-        extra = {}
-    return {
-        "client": client,
-        "package": PACKAGES[client],
-        "version": _version(PACKAGES[client]),
-        "module": module,
-        "python": platform.python_version(),
-        "executable": sys.executable,
-        **extra,
-    }
+from _bench import context_switches
+from _peer_common import LagProbe, argument_parser, close, connect, emit, parse_args, versions
 
 
 async def phase(
@@ -105,7 +56,6 @@ async def phase(
     counter = itertools.count()
     ops = errors = 0
     first_error: str | None = None
-    lags: list[float] = []
     deadline = 0.0
 
     async def worker_v001() -> None:
@@ -136,28 +86,19 @@ async def phase(
             done += 1
         ops += done
 
-    async def probe() -> None:
-        while True:
-            began = time.perf_counter()
-            await asyncio.sleep(LAG_PROBE_SECONDS)
-            lags.append(time.perf_counter() - began - LAG_PROBE_SECONDS)
-
     worker = worker_v001 if client == "v001" else worker_acsylla
-    prober = asyncio.create_task(probe())
-    await asyncio.sleep(0)  # the probe is running before the clock starts, as in anyio
-    switches0 = context_switches()
-    thread0 = time.thread_time()
-    cpu0 = time.process_time()
-    wall0 = time.perf_counter()
-    deadline = wall0 + seconds
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.perf_counter() - wall0
-    cpu = time.process_time() - cpu0
-    thread = time.thread_time() - thread0
-    switches = context_switches() - switches0
-    prober.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await prober
+    # The probe is running before the clock starts, as in anyio.
+    async with LagProbe() as probe:
+        switches0 = context_switches()
+        thread0 = time.thread_time()
+        cpu0 = time.process_time()
+        wall0 = time.perf_counter()
+        deadline = wall0 + seconds
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - wall0
+        cpu = time.process_time() - cpu0
+        thread = time.thread_time() - thread0
+        switches = context_switches() - switches0
     return {
         "concurrency": concurrency,
         "ops": ops,
@@ -165,7 +106,7 @@ async def phase(
         "cpu": cpu,
         "thread_cpu": thread,
         "switches": switches,
-        "lags": lags,
+        "lags": probe.lags,
         "errors": errors,
         "first_error": first_error,
     }
@@ -175,20 +116,11 @@ async def run(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
     keys = [rng.randrange(args.table_rows) for _ in range(args.key_count)]
     query = f"SELECT * FROM {args.table} WHERE id = ?"
+    cluster, session, protocol = await connect(args.client, args.host, args.port, args.keyspace)
     if args.client == "v001":
-        from async_cassandra import AsyncCluster
-
-        cluster = AsyncCluster(contact_points=[args.host], port=args.port)
-        session = await cluster.connect(args.keyspace)
         stmt = await session.prepare(query)
-        protocol = cluster._cluster.protocol_version
     else:
-        import acsylla
-
-        cluster = acsylla.create_cluster([args.host], port=args.port, protocol_version=4)
-        session = await cluster.create_session(keyspace=args.keyspace)
         stmt = await session.create_prepared(query)
-        protocol = 4
     # One read outside the measurements, for the parent to check the rows are the ones
     # the table holds (and that reading ``name`` gives the value, not something lazy).
     if args.client == "v001":
@@ -206,28 +138,12 @@ async def run(args: argparse.Namespace) -> None:
             if not sys.stdin.readline():  # the parent went away
                 return
             emit("phase", **await phase(args.client, session, stmt, keys, concurrency, seconds))
-    if args.client == "v001":
-        # 0.0.1's session.close() and cluster.shutdown() each sleep 5 s after the driver's
-        # shutdown; call the driver's shutdowns they wrap instead (after the measurements:
-        # only the run's length changes).
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(None, session._session.shutdown)
-            await loop.run_in_executor(None, cluster._cluster.shutdown)
-        except AttributeError:
-            await session.close()
-            await cluster.shutdown()
-    else:
-        await session.close()
+    await close(args.client, cluster, session)
     emit("closed")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--client", choices=sorted(PACKAGES), required=True)
-    parser.add_argument("--check", action="store_true", help="print the versions and exit")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9042)
+    parser = argument_parser(__doc__.split("\n", 1)[0])
     parser.add_argument("--keyspace", default="acs_bench_point")
     parser.add_argument("--table", default="point")
     parser.add_argument(
@@ -238,10 +154,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=20261125)
     parser.add_argument("--table-rows", type=int, default=10_000)
     parser.add_argument("--key-count", type=int, default=1 << 16)
-    args = parser.parse_args()
-    if args.check:
-        emit("check", **versions(args.client))
-        return
+    args = parse_args(parser)
     try:
         asyncio.run(run(args))
     except Exception as error:

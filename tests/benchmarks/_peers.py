@@ -203,7 +203,8 @@ class PeerProcess:
         self._stderr: collections.deque[str] = collections.deque(maxlen=30)
         try:
             self._process = subprocess.Popen(
-                [python, "-I", str(RUNNER), *arguments],
+                # Absolute: the runner starts in another directory (cwd below).
+                [os.path.abspath(python), "-I", str(RUNNER), *arguments],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,

@@ -25,9 +25,9 @@ whole table once per phase at fetch size 5000, with the same per-row work
   default ``read_ahead=1``); without ``--quick`` also ``read_ahead`` 0 and 2 and
   ``stream.pages()`` on asyncio;
 * ``v001`` (async-cassandra 0.0.1) and ``acsylla`` (1.2.0, on the C++ driver), each in
-  its own virtualenv (``--v001-python``, ``--acsylla-python``), run by the
-  self-contained ``_peer_stream_rows.py`` (which says how each pages). A peer whose
-  interpreter is not given or fails is reported as not measured, with the reason.
+  its own virtualenv (``--v001-python``, ``--acsylla-python``), run by
+  ``_peer_stream_rows.py`` (which says how each pages). A peer whose interpreter is not
+  given or fails is reported as not measured, with the reason.
 
 Every phase runs in a fresh process (this script with ``--child``, or the peer's
 runner), so each starts from the same memory state, and its peak RSS is the kernel's
@@ -61,6 +61,7 @@ import anyio
 import anyio.lowlevel
 from _bench import (
     MachineCpu,
+    RssSampler,
     Target,
     cassandra_node,
     common_args,
@@ -88,7 +89,6 @@ FULL_SHAPE = (20, 10_000)  # partitions, rows per partition: 200,000 rows
 QUICK_SHAPE = (10, 10_000)  # 100,000 rows: 20 pages
 BATCH_ROWS = 1000  # rows per single-partition UNLOGGED batch while loading (~20 KB)
 LOAD_CONCURRENCY = 8
-RSS_SAMPLE_SECONDS = 0.010
 LAG_PROBE_SECONDS = 0.005
 PEER_RUNNER = Path(__file__).with_name("_peer_stream_rows.py")
 PEERS = ("v001", "acsylla")
@@ -176,32 +176,6 @@ def load(session: Session, partitions: int, rows_per_partition: int) -> tuple[in
 
 
 # ------------------------------------------------------------- one phase (child)
-
-
-class RssSampler:
-    """VmRSS every 10 ms on a background thread; the maximum seen."""
-
-    def __init__(self) -> None:
-        self.max_kib = proc_status_kib("VmRSS") or 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(RSS_SAMPLE_SECONDS):
-            rss = proc_status_kib("VmRSS")
-            if rss is not None and rss > self.max_kib:
-                self.max_kib = rss
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        rss = proc_status_kib("VmRSS")
-        if rss is not None and rss > self.max_kib:
-            self.max_kib = rss
 
 
 class Connected:
