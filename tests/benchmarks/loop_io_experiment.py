@@ -10,7 +10,7 @@ threads hand the GIL back and forth. :class:`LoopConnection` is a cassandra-driv
 of one turn of the loop go out in one ``send``, and whose timers are the loop's
 ``call_later``: no reactor thread, no hand-off. It is a minimal prototype (asyncio only,
 one loop per process, the loop must outlive the cluster), enough to measure whether the
-hand-offs are what costs. Prepared point reads at 64 and 256 in flight, both connection
+hand-offs are what costs. Prepared point reads at 1, 64 and 256 in flight, both connection
 classes alternated round by round in fresh processes; reported: ops/s, CPU µs per
 request (the whole process), loop lag p50/p99 (a task sleeping 5 ms in a loop).
 Results: ``bench-results/loop_io_experiment.json``.
@@ -39,7 +39,7 @@ from _bench import cassandra_node, common_args, metadata, write_json
 from cassandra.connection import Connection, ConnectionShutdown, Timer
 
 KEYSPACE = "acs_bench_loop_io"
-CONCURRENCY = (64, 256)
+CONCURRENCY = (1, 64, 256)
 CLASSES = ("libev", "loop")
 
 
