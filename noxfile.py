@@ -94,11 +94,10 @@ def bench(session: nox.Session) -> None:
     pythons = [
         arg for name, (python, _) in peers.items() if python for arg in (f"--{name}-python", python)
     ]
-    point_reads = list(pythons)
     for name, (python, reason) in peers.items():
         if python is None:
-            point_reads += [f"--{name}-unavailable", str(reason)]
-    session.run("python", "tests/benchmarks/point_reads.py", *point_reads, *session.posargs)
+            pythons += [f"--{name}-unavailable", str(reason)]
+    session.run("python", "tests/benchmarks/point_reads.py", *pythons, *session.posargs)
     session.run("python", "tests/benchmarks/stream_rows.py", *pythons, *session.posargs)
     results = ["--results-dir", _option(session.posargs, "--output-dir") or "bench-results"]
     session.run("python", "tests/benchmarks/plot.py", *results)

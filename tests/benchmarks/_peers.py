@@ -13,6 +13,7 @@ Standard library only: ``noxfile.py`` loads this file to make the venvs
 
 from __future__ import annotations
 
+import argparse
 import collections
 import contextlib
 import glob
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 RUNNER = Path(__file__).resolve().with_name("_peer_point_reads.py")
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,42 @@ def ensure_venv(name: str, directory: Path, base_python: str | None = None) -> P
     if found != peer.version:
         return PeerVenv(name, None, f"{directory} has {peer.package} {found}, not {peer.version}")
     return PeerVenv(name, str(python))
+
+
+def add_peer_options(parser: argparse.ArgumentParser) -> None:
+    """``--NAME-python`` and ``--NAME-unavailable`` for every peer: what both benchmark
+    scripts take (``nox -s bench`` passes them)."""
+    for name, peer in PEERS.items():
+        parser.add_argument(
+            f"--{name}-python",
+            metavar="PATH",
+            help=f"the interpreter of a venv with {peer.requirement} (default: "
+            f".nox/bench-peers/{name}/bin/python if it exists)",
+        )
+        parser.add_argument(
+            f"--{name}-unavailable",
+            metavar="REASON",
+            help=f"record {name} as not measured, for this reason (nox -s bench passes it "
+            "when it could not make the venv)",
+        )
+
+
+def peer_python(args: argparse.Namespace, name: str) -> tuple[str | None, str | None]:
+    """The interpreter to run peer ``name`` with, or None and the reason it will not run:
+    ``--NAME-unavailable``, else ``--NAME-python``, else the venv ``nox -s bench`` makes."""
+    reason = getattr(args, f"{name}_unavailable")
+    if reason:
+        return None, reason
+    python = getattr(args, f"{name}_python")
+    if python:
+        return python, None
+    default = REPO / ".nox" / "bench-peers" / name / "bin" / "python"
+    if default.exists():
+        return str(default), None
+    return None, (
+        f"no interpreter for {name}: pass --{name}-python (a venv with "
+        f"{PEERS[name].requirement}; `nox -s bench` makes one)"
+    )
 
 
 def check(name: str, python: str) -> dict[str, Any]:

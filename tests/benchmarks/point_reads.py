@@ -65,7 +65,6 @@ from typing import Any
 
 import anyio
 from _bench import (
-    REPO,
     MachineCpu,
     Target,
     cassandra_node,
@@ -79,7 +78,7 @@ from _bench import (
     print_table,
     write_json,
 )
-from _peers import PEERS, PeerError, PeerProcess, check
+from _peers import PEERS, PeerError, PeerProcess, add_peer_options, check, peer_python
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
 from cassandra.concurrent import execute_concurrent_with_args
 from cassandra.query import PreparedStatement, tuple_factory
@@ -786,19 +785,10 @@ def check_peers(args: argparse.Namespace, clients: Sequence[str]) -> dict[str, d
     for name in clients:
         if name not in PEER_CLIENTS:
             continue
-        python = getattr(args, f"{name}_python")
-        unavailable = getattr(args, f"{name}_unavailable")
-        default = REPO / ".nox" / "bench-peers" / name / "bin" / "python"
-        if unavailable:
-            info: dict[str, Any] = {"available": False, "reason": unavailable}
-        elif python is None and not default.exists():
-            info = {
-                "available": False,
-                "reason": f"no interpreter for {name}: pass --{name}-python "
-                f"(a venv with {PEERS[name].requirement}; `nox -s bench` makes one)",
-            }
-        else:
-            info = check(name, python or str(default))
+        python, reason = peer_python(args, name)
+        info: dict[str, Any] = (
+            check(name, python) if python else {"available": False, "reason": reason}
+        )
         if info["available"]:
             print(
                 f"peer {name}: {info['package']} {info['version']} on Python {info['python']} "
@@ -827,19 +817,7 @@ def main() -> None:
         default=CLIENTS,
         help=f"comma-separated subset of {','.join(CLIENTS)} (default: all)",
     )
-    for name, peer in PEERS.items():
-        parser.add_argument(
-            f"--{name}-python",
-            metavar="PATH",
-            help=f"the interpreter of a venv with {peer.requirement} (default: "
-            f".nox/bench-peers/{name}/bin/python if it exists)",
-        )
-        parser.add_argument(
-            f"--{name}-unavailable",
-            metavar="REASON",
-            help=f"record {name} as not measured, for this reason (nox -s bench passes it "
-            "when it could not make the venv)",
-        )
+    add_peer_options(parser)
     parser.add_argument(
         "--profile",
         choices=("asyncio", "trio"),

@@ -25,9 +25,10 @@ whole table once per phase at fetch size 5000, with the same per-row work
   default ``read_ahead=1``); without ``--quick`` also ``read_ahead`` 0 and 2 and
   ``stream.pages()`` on asyncio;
 * ``v001`` (async-cassandra 0.0.1) and ``acsylla`` (1.2.0, on the C++ driver), each in
-  its own virtualenv (``--v001-python``, ``--acsylla-python``), run by
-  ``_peer_stream_rows.py`` (which says how each pages). A peer whose interpreter is not
-  given or fails is reported as not measured, with the reason.
+  its own virtualenv (``--v001-python``, ``--acsylla-python``; by default the ones
+  ``nox -s bench`` makes in ``.nox/bench-peers/``), run by ``_peer_stream_rows.py``
+  (which says how each pages). A peer without an interpreter, or whose interpreter
+  fails, is reported as not measured, with the reason.
 
 Every phase runs in a fresh process (this script with ``--child``, or the peer's
 runner), so each starts from the same memory state, and its peak RSS is the kernel's
@@ -75,6 +76,7 @@ from _bench import (
     reset_peak_rss,
     write_json,
 )
+from _peers import PEERS, add_peer_options, peer_python
 from cassandra.cluster import Cluster, ExecutionProfile, Session
 from cassandra.concurrent import execute_concurrent
 from cassandra.query import BatchStatement, BatchType, SimpleStatement, tuple_factory
@@ -91,7 +93,6 @@ BATCH_ROWS = 1000  # rows per single-partition UNLOGGED batch while loading (~20
 LOAD_CONCURRENCY = 8
 LAG_PROBE_SECONDS = 0.005
 PEER_RUNNER = Path(__file__).with_name("_peer_stream_rows.py")
-PEERS = ("v001", "acsylla")
 PEER_TIMEOUT_SECONDS = 300
 TUPLE_PROFILE = "tuples"
 
@@ -655,13 +656,7 @@ def main() -> None:
         help="times every phase runs, interleaved, in an order rotated each round "
         "(default 3, 1 with --quick); medians are reported",
     )
-    for peer, what in (("v001", "async-cassandra 0.0.1"), ("acsylla", "acsylla")):
-        parser.add_argument(
-            f"--{peer}-python",
-            metavar="PATH",
-            help=f"the Python of a virtualenv with {what} installed (run with -I); without "
-            "it, the peer is reported as not measured",
-        )
+    add_peer_options(parser)
     args = parser.parse_args()
     if args.child:
         run_child(json.loads(args.child))
@@ -672,9 +667,10 @@ def main() -> None:
     expected_rows = partitions * per_partition
     began = time.perf_counter()
 
+    pythons = {name: peer_python(args, name) for name in PEERS}
     peers = {
-        name: check_peer(name, getattr(args, f"{name}_python"))
-        for name in PEERS
+        name: check_peer(name, python) if python else {"available": False, "reason": reason}
+        for name, (python, reason) in pythons.items()
         if any(p.client == name for p in PHASES)
     }
     for name, status in peers.items():
@@ -682,7 +678,6 @@ def main() -> None:
             print(f"peer {name}: {status.get('package')} {status.get('version')}", flush=True)
         else:
             print(f"!!! peer {name} NOT MEASURED: {status['reason']}", flush=True)
-    pythons = {"v001": args.v001_python, "acsylla": args.acsylla_python}
     phases = [
         phase
         for phase in PHASES
@@ -726,7 +721,7 @@ def main() -> None:
                     continue
                 try:
                     if phase.kind == "peer":
-                        raw = run_peer_phase(phase, pythons[phase.client], target)
+                        raw = run_peer_phase(phase, pythons[phase.client][0], target)
                     else:
                         raw = run_own_phase(phase, target)
                     if raw["rows"] != expected_rows or raw["checksum"] != checksum:
