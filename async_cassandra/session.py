@@ -402,14 +402,18 @@ class AsyncCassandraSession:
         """Send ``query`` and wait for its first page (raw rows, or None for a result
         without rows): the mechanism behind :meth:`execute` and :meth:`execute_stream`.
         ``observed``: the request's record when the session has observers."""
-        session = self._check_open()
-        if observed is not None and observed.outgoing_payload:
-            custom_payload = {**(custom_payload or {}), **observed.outgoing_payload}
-        if paging_state is not None or host is not None or execute_as is not None:
-            _check_request_options(session, paging_state, host, execute_as)
-        statement, parameters = await self._statement(query, parameters, prepare)
-        if fetch_size is not None:
-            statement = _with_fetch_size(statement, fetch_size)
+        try:
+            session = self._check_open()
+            if observed is not None and observed.outgoing_payload:
+                custom_payload = {**(custom_payload or {}), **observed.outgoing_payload}
+            if paging_state is not None or host is not None or execute_as is not None:
+                _check_request_options(session, paging_state, host, execute_as)
+            statement, parameters = await self._statement(query, parameters, prepare)
+            if fetch_size is not None:
+                statement = _with_fetch_size(statement, fetch_size)
+        except Exception:
+            observed = None  # the caller stores the error in it (see execute)
+            raise
         portal = current_portal()
         if observed is None:
             await self._limiter.acquire(portal)
@@ -428,6 +432,7 @@ class AsyncCassandraSession:
             )
         except BaseException as error:
             self._limiter.release()
+            observed = None  # the caller stores the error in it (see execute)
             raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
         build = partial(
             _driver.start_request,
@@ -670,6 +675,7 @@ class AsyncCassandraSession:
             )
         except BaseException as error:
             prepare_ended(observed, error)
+            del observed  # holds error, whose traceback holds this frame: no cycle
             raise
         prepare_ended(observed, None)
         return prepared

@@ -35,6 +35,7 @@ REQUEST_PARTS = {
     "ResponseFuture",
     "DriverRequest",
     "ObservedRequest",
+    "ObservedPrepare",
     "AsyncResultSet",
     "AsyncStreamingResultSet",
     "ExecuteMessage",
@@ -138,6 +139,18 @@ def cases(session: AsyncCassandraSession, table: str) -> dict[str, Callable[[], 
         with pytest.raises(TimeoutError):
             await session.execute(select, [3], timeout=1e-6, prepare=True)
 
+    async def bad_parameter() -> None:
+        with pytest.raises(QueryError):
+            await session.execute(select, ["not an int"], prepare=True)
+
+    async def unknown_execution_profile() -> None:
+        with pytest.raises(QueryError):
+            await session.execute(select, [1], prepare=True, execution_profile="nope")
+
+    async def failed_prepare() -> None:
+        with pytest.raises(QueryError):
+            await session.prepare(f"SELECT * FROM {table}_missing WHERE id = ?")
+
     async def cancelled() -> None:
         with anyio.move_on_after(0):
             await session.execute(f"SELECT * FROM {table} WHERE id = %s", [4])
@@ -151,6 +164,9 @@ def cases(session: AsyncCassandraSession, table: str) -> dict[str, Callable[[], 
         "batch": batch,
         "server_error": server_error,
         "driver_timeout": driver_timeout,
+        "bad_parameter": bad_parameter,
+        "unknown_execution_profile": unknown_execution_profile,
+        "failed_prepare": failed_prepare,
         "cancelled": cancelled,
     }
 
@@ -164,6 +180,9 @@ CASES = [
     "batch",
     "server_error",
     "driver_timeout",
+    "bad_parameter",
+    "unknown_execution_profile",
+    "failed_prepare",
     "cancelled",
 ]
 
