@@ -85,20 +85,15 @@ class Portal:
         return len(self._queue)
 
     def _drain(self) -> None:
-        # On the loop thread, woken by deliver(). Clear the flag first: a producer that
-        # appends after this point schedules a new drain, so nothing is ever stranded.
-        with self._lock:
-            self._wake_pending = False
+        # On the loop thread, woken by deliver(): counted, then drained like any turn.
         self.wakeups += 1
-        self._resolve_batch()
+        self._drain_batch()
 
-    def _drain_more(self) -> None:
-        # On the loop thread, in the turn after a batch (see _resolve_batch).
+    def _drain_batch(self) -> None:
+        # On the loop thread. Clear the flag first: a producer that appends after this
+        # point schedules a new drain, so nothing is ever stranded in the queue.
         with self._lock:
             self._wake_pending = False
-        self._resolve_batch()
-
-    def _resolve_batch(self) -> None:
         queue = self._queue
         for _ in range(DRAIN_BATCH):
             if not queue:
@@ -116,7 +111,7 @@ class Portal:
                 if self._wake_pending:
                     return  # a producer already woke us: its drain takes the rest
                 self._wake_pending = True
-            self._kit.schedule(self._drain_more)
+            self._kit.schedule(self._drain_batch)
 
 
 # One portal per running loop, keyed weakly by the loop's native token (the asyncio

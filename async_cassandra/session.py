@@ -599,7 +599,7 @@ class AsyncCassandraSession:
             request.detach()
             if observed is not None:
                 request_ended(observed, error)
-                observed = None
+                observed = None  # holds error, whose traceback holds this frame: no cycle
             raise
 
     async def execute_batch(

@@ -51,7 +51,7 @@ PARTS: dict[str, tuple[str, ...]] = {
     "completion hand-off (callback, deliver, drain, waiter)": (
         "_portal.py:deliver",
         "_portal.py:_drain",
-        "_portal.py:_resolve_batch",
+        "_portal.py:_drain_batch",
         "_request.py:_on_page",
         "_request.py:_finish",
         "_request.py:_take_page",
