@@ -19,7 +19,8 @@ import platform
 import statistics
 import subprocess
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -159,6 +160,15 @@ def metadata(target: Target, server_version: str | None, protocol: int | None) -
     }
 
 
+def create_keyspace_cql(name: str) -> str:
+    """The CQL that makes a benchmark's keyspace, if missing: one replica, on the one
+    node the benchmarks use."""
+    return (
+        f"CREATE KEYSPACE IF NOT EXISTS {name} WITH replication = "
+        "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+    )
+
+
 # ------------------------------------------------------------------- /proc readers
 
 
@@ -270,6 +280,68 @@ class RssSampler:
         rss = proc_status_kib("VmRSS")
         if rss is not None and rss > self.max_kib:
             self.max_kib = rss
+
+
+# ------------------------------------------------------------------- lag probes
+
+LAG_PROBE_SECONDS = 0.005  # how long the probes sleep, each time
+
+
+async def lag_probe(
+    lags: list[float], sleep: Callable[[float], Awaitable[Any]] | None = None
+) -> None:
+    """The event-loop lag probe, run as a task until cancelled: sleep
+    :data:`LAG_PROBE_SECONDS` in a loop and append to ``lags`` how late each wake-up
+    was, in seconds. ``sleep``: ``anyio.sleep`` unless given (the peers' runners pass
+    ``asyncio.sleep``: their venvs have no anyio)."""
+    if sleep is None:
+        import anyio  # here: this module stays standard-library-only at import
+
+        sleep = anyio.sleep
+    while True:
+        began = time.perf_counter()
+        await sleep(LAG_PROBE_SECONDS)
+        lags.append(time.perf_counter() - began - LAG_PROBE_SECONDS)
+
+
+class ThreadProbe:
+    """The lag probe of the raw driver's phases, which have no event loop: a thread
+    sleeping :data:`LAG_PROBE_SECONDS` in a loop, recording in ``lags`` how late it
+    wakes (GIL, OS scheduling), from ``with`` to its end."""
+
+    def __init__(self) -> None:
+        self.lags: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lag-probe", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            began = time.perf_counter()
+            time.sleep(LAG_PROBE_SECONDS)
+            self.lags.append(time.perf_counter() - began - LAG_PROBE_SECONDS)
+
+    def __enter__(self) -> ThreadProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def lag_summary(lags: Sequence[float]) -> dict[str, float | int | None]:
+    """A probe's lags (seconds) as p50, p99 (nearest rank) and max in ms, and the count."""
+    as_ms = sorted(lag * 1000 for lag in lags)
+
+    def ms(value: float | None) -> float | None:
+        return None if value is None else round(value, 3)
+
+    return {
+        "p50": ms(percentile(as_ms, 0.50)),
+        "p99": ms(percentile(as_ms, 0.99)),
+        "max": ms(as_ms[-1] if as_ms else None),
+        "samples": len(as_ms),
+    }
 
 
 # ------------------------------------------------------------------------ output

@@ -1,9 +1,10 @@
 """What the peer runners ``_peer_point_reads.py`` and ``_peer_stream_rows.py`` share.
 
 They run in the peers' venvs with ``python -I`` and import this as a sibling (they put
-this folder on ``sys.path`` themselves). The standard library only: the peer's client
-library (async-cassandra 0.0.1 or acsylla) is imported inside the functions that use it,
-never the ``async_cassandra`` of this repository.
+this folder on ``sys.path`` themselves). The standard library and ``_bench`` (itself
+standard library only at import) only: the peer's client library (async-cassandra
+0.0.1 or acsylla) is imported inside the functions that use it, never the
+``async_cassandra`` of this repository.
 
 The runners' protocol: one JSON object per line on stdout (:func:`emit`); ``--check``
 prints ``{"event": "check", ...}`` with the versions (:func:`versions`) and exits.
@@ -17,11 +18,11 @@ import contextlib
 import json
 import platform
 import sys
-import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-LAG_PROBE_SECONDS = 0.005
+from _bench import lag_probe
+
 # What each client's package is called on PyPI (for its version) and imports as.
 PACKAGES = {"v001": "async-cassandra", "acsylla": "acsylla"}
 
@@ -119,20 +120,15 @@ async def close(client: str, cluster: Any, session: Any) -> None:
 
 
 class LagProbe:
-    """The event-loop lag probe: a task sleeping 5 ms in a loop; ``lags``, how late it
+    """``_bench.lag_probe`` as a task of the peer's asyncio loop; ``lags``, how late it
     woke each time, in seconds. Running before the body of the ``async with`` starts."""
 
     def __init__(self) -> None:
         self.lags: list[float] = []
 
-    async def _run(self) -> None:
-        while True:
-            began = time.perf_counter()
-            await asyncio.sleep(LAG_PROBE_SECONDS)
-            self.lags.append(time.perf_counter() - began - LAG_PROBE_SECONDS)
-
     async def __aenter__(self) -> LagProbe:
-        self._task = asyncio.create_task(self._run())
+        # asyncio's own sleep: the peers' venvs have no anyio.
+        self._task = asyncio.create_task(lag_probe(self.lags, asyncio.sleep))
         await asyncio.sleep(0)  # the probe is running before the clock starts
         return self
 

@@ -23,12 +23,11 @@ import time
 from typing import Any
 
 import anyio
-from _bench import cassandra_node, common_args
+from _bench import cassandra_node, common_args, create_keyspace_cql, lag_probe, lag_summary
 
 from async_cassandra import AsyncCluster
 
 KEYSPACE = "acs_bench_gc_lag"
-PROBE_SECONDS = 0.005
 
 
 class Collections:
@@ -53,10 +52,7 @@ async def run(args: argparse.Namespace, contact_points: list[str], port: int) ->
         AsyncCluster(contact_points, port=port) as cluster,
         await cluster.connect() as session,
     ):
-        await session.execute(
-            f"CREATE KEYSPACE IF NOT EXISTS {KEYSPACE} WITH replication = "
-            "{'class': 'SimpleStrategy', 'replication_factor': 1}"
-        )
+        await session.execute(create_keyspace_cql(KEYSPACE))
         await session.execute(
             f"CREATE TABLE IF NOT EXISTS {KEYSPACE}.t (id int PRIMARY KEY, v text)"
         )
@@ -77,18 +73,12 @@ async def run(args: argparse.Namespace, contact_points: list[str], port: int) ->
                 key += 1
                 ops += 1
 
-        async def probe() -> None:
-            while True:
-                began = time.perf_counter()
-                await anyio.sleep(PROBE_SECONDS)
-                lags.append(time.perf_counter() - began - PROBE_SECONDS)
-
         async def phase(seconds: float, measured: bool) -> tuple[float, float]:
             stop = time.perf_counter() + seconds
             cpu, wall = time.process_time(), time.perf_counter()
             async with anyio.create_task_group() as outer:
                 if measured:
-                    outer.start_soon(probe)
+                    outer.start_soon(lag_probe, lags)
                 async with anyio.create_task_group() as workers:
                     for _ in range(args.concurrency):
                         workers.start_soon(worker, stop)
@@ -102,8 +92,7 @@ async def run(args: argparse.Namespace, contact_points: list[str], port: int) ->
             cpu, wall = await phase(args.seconds, measured=True)
         finally:
             gc.callbacks.remove(collections)
-    lags.sort()
-    count = len(lags)
+    lag = lag_summary(lags)
     seen = collections.seen
     full = [
         (round(seconds * 1e3, 1), found) for generation, seconds, found in seen if generation == 2
@@ -111,8 +100,8 @@ async def run(args: argparse.Namespace, contact_points: list[str], port: int) ->
     print(
         f"{args.backend}{' +freeze' if args.freeze else ''} {args.concurrency} in flight: "
         f"{ops / wall:,.0f} ops/s, {cpu * 1e6 / ops:.1f} µs CPU/request; lag "
-        f"p50 {lags[count // 2] * 1e3:.1f} p99 {lags[int(count * 0.99)] * 1e3:.1f} "
-        f"max {lags[-1] * 1e3:.1f} ms; {len(seen)} collections, "
+        f"p50 {lag['p50']:.1f} p99 {lag['p99']:.1f} max {lag['max']:.1f} ms; "
+        f"{len(seen)} collections, "
         f"{sum(s for _, s, _ in seen) * 1e3:.0f} ms in all, longest "
         f"{max((s for _, s, _ in seen), default=0) * 1e3:.1f} ms; full collections "
         f"(ms, unreachable found): {full}"

@@ -35,7 +35,15 @@ import threading
 import time
 from typing import Any
 
-from _bench import cassandra_node, common_args, metadata, write_json
+from _bench import (
+    cassandra_node,
+    common_args,
+    create_keyspace_cql,
+    lag_probe,
+    lag_summary,
+    metadata,
+    write_json,
+)
 from cassandra.connection import Connection, ConnectionShutdown, Timer
 
 KEYSPACE = "acs_bench_loop_io"
@@ -235,27 +243,21 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
                             key += 1
                             ops += 1
 
-                    async def probe(lags: list[float] = lags) -> None:
-                        while True:
-                            began = time.perf_counter()
-                            await anyio.sleep(0.005)
-                            lags.append(time.perf_counter() - began - 0.005)
-
                     cpu, wall = time.process_time(), time.perf_counter()
                     async with anyio.create_task_group() as outer:
-                        outer.start_soon(probe)
+                        outer.start_soon(lag_probe, lags)
                         async with anyio.create_task_group() as workers:
                             for _ in range(concurrency):
                                 workers.start_soon(worker)
                         outer.cancel_scope.cancel()
                     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
                     if measured:
-                        lags.sort()
+                        lag = lag_summary(lags)
                         figures[str(concurrency)] = {
                             "ops_per_s": round(ops / wall, 1),
                             "cpu_us_per_op": round(cpu * 1e6 / ops, 1),
-                            "lag_p50_ms": round(1e3 * lags[len(lags) // 2], 2),
-                            "lag_p99_ms": round(1e3 * lags[int(len(lags) * 0.99)], 2),
+                            "lag_p50_ms": lag["p50"],
+                            "lag_p99_ms": lag["p99"],
                         }
             return figures
 
@@ -279,10 +281,7 @@ def main() -> None:
         cluster = Cluster(target.contact_points, port=target.port)
         try:
             session = cluster.connect()
-            session.execute(
-                f"CREATE KEYSPACE IF NOT EXISTS {KEYSPACE} WITH replication = "
-                "{'class': 'SimpleStrategy', 'replication_factor': 1}"
-            )
+            session.execute(create_keyspace_cql(KEYSPACE))
             session.execute(
                 f"CREATE TABLE IF NOT EXISTS {KEYSPACE}.point (id int PRIMARY KEY, v text)"
             )

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-from _bench import cassandra_node, common_args, metadata, write_json
+from _bench import cassandra_node, common_args, create_keyspace_cql, metadata, write_json
 from cassandra.query import named_tuple_factory
 
 from async_cassandra import AsyncCluster, _driver
@@ -109,10 +109,7 @@ async def run(contact_points: list[str], port: int, requests: int, profile: bool
         AsyncCluster(contact_points, port=port) as cluster,
         await cluster.connect() as session,
     ):
-        await session.execute(
-            f"CREATE KEYSPACE IF NOT EXISTS {KEYSPACE} WITH replication = "
-            "{'class': 'SimpleStrategy', 'replication_factor': 1}"
-        )
+        await session.execute(create_keyspace_cql(KEYSPACE))
         await session.execute(
             f"CREATE TABLE IF NOT EXISTS {KEYSPACE}.point (id int PRIMARY KEY, name text, "
             "score double, updated bigint)"

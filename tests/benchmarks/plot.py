@@ -112,6 +112,22 @@ def baseline_line(ax: Axes) -> None:
     ax.axhline(1.0, color="black", linestyle="--", linewidth=1, zorder=1)
 
 
+def target_line(ax: Axes, y: float, label: str, right_edge: float) -> None:
+    """A project target: a dotted green line at ``y``, labelled at the right edge."""
+    ax.axhline(y, color="tab:green", linestyle=":", linewidth=1, zorder=1)
+    ax.annotate(
+        label,
+        (right_edge, y),
+        xytext=(0, 2),
+        textcoords="offset points",
+        ha="right",
+        fontsize=7,
+        color="tab:green",
+        zorder=4,
+        bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5, "alpha": 0.8},
+    )
+
+
 def simple_bars(
     ax: Axes,
     clients: list[str],
@@ -244,18 +260,7 @@ def plot_stream_rows(data: dict[str, Any], out: Path) -> None:
     baseline_line(ratio_ax)
     target = (data.get("targets") or {}).get("speedup_vs_driver_at_least")
     if target:
-        ratio_ax.axhline(target, color="tab:green", linestyle=":", linewidth=1, zorder=1)
-        ratio_ax.annotate(
-            f"target {target}{TIMES}",
-            (len(clients) - 0.5, target),
-            xytext=(0, 2),
-            textcoords="offset points",
-            ha="right",
-            fontsize=7,
-            color="tab:green",
-            zorder=4,
-            bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5, "alpha": 0.8},
-        )
+        target_line(ratio_ax, target, f"target {target}{TIMES}", len(clients) - 0.5)
     ratio_ax.set_ylim(0, max(1.0, target or 0, *(v or 0 for v in vs), *tops) * 1.12)
     ratio_ax.set_ylabel(f"{TIMES} raw driver (rows/s ÷ driver's rows/s)")
     ratio_ax.set_title(
@@ -270,18 +275,7 @@ def plot_stream_rows(data: dict[str, Any], out: Path) -> None:
     if lag_target:
         bottom, top = lag_ax.get_ylim()
         lag_ax.set_ylim(min(bottom, lag_target / 2), max(top, lag_target * 2))
-        lag_ax.axhline(lag_target, color="tab:green", linestyle=":", linewidth=1, zorder=1)
-        lag_ax.annotate(
-            f"target < {lag_target:g} ms",
-            (len(clients) - 0.5, lag_target),
-            xytext=(0, 2),
-            textcoords="offset points",
-            ha="right",
-            fontsize=7,
-            color="tab:green",
-            zorder=4,
-            bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5, "alpha": 0.8},
-        )
+        target_line(lag_ax, lag_target, f"target < {lag_target:g} ms", len(clients) - 0.5)
     lag_ax.set_ylabel("lag p99, ms (log scale)")
     lag_ax.set_title(
         "Lag p99 of a 5 ms sleep during the stream\n(event loop; driver/*: a thread, no loop)",

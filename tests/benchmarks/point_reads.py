@@ -67,14 +67,17 @@ import anyio
 from _bench import (
     MachineCpu,
     Target,
+    ThreadProbe,
     cassandra_node,
     common_args,
     context_switches,
+    create_keyspace_cql,
     fmt,
     jvm_cpu_seconds,
+    lag_probe,
+    lag_summary,
     median,
     metadata,
-    percentile,
     print_table,
     write_json,
 )
@@ -101,7 +104,6 @@ DRIVERS = ("driver", "driver/tuple")
 PEER_CLIENTS = tuple(PEERS)
 CLIENTS = (*DRIVERS, "asyncio", "trio", "asyncio+metrics", "asyncio+otel", *PEER_CLIENTS)
 SELECT = "SELECT * FROM point WHERE id = ?"
-LAG_PROBE_SECONDS = 0.005
 
 
 @dataclass
@@ -177,21 +179,6 @@ def make_keys() -> list[int]:
     return [rng.randrange(TABLE_ROWS) for _ in range(KEY_COUNT)]
 
 
-def lag_summary(lags: list[float]) -> dict[str, float | int | None]:
-    ordered = sorted(lags)
-    as_ms = [x * 1000 for x in ordered]
-    return {
-        "p50": _round(percentile(as_ms, 0.50), 3),
-        "p99": _round(percentile(as_ms, 0.99), 3),
-        "max": _round(as_ms[-1] if as_ms else None, 3),
-        "samples": len(as_ms),
-    }
-
-
-def _round(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(value, digits)
-
-
 def result_from(
     client: str,
     concurrency: int,
@@ -235,10 +222,7 @@ def result_from(
 
 
 def setup(session: Session) -> None:
-    session.execute(
-        f"CREATE KEYSPACE IF NOT EXISTS {KEYSPACE} WITH replication = "
-        "{'class': 'SimpleStrategy', 'replication_factor': 1}"
-    )
+    session.execute(create_keyspace_cql(KEYSPACE))
     session.execute(f"DROP TABLE IF EXISTS {KEYSPACE}.point")
     session.execute(
         f"CREATE TABLE {KEYSPACE}.point (id int PRIMARY KEY, name text, score double, "
@@ -329,25 +313,15 @@ def driver_phase(
         if last:
             done.set()
 
-    lags: list[float] = []
-
-    def probe() -> None:
-        while not done.is_set():
-            began = time.perf_counter()
-            time.sleep(LAG_PROBE_SECONDS)
-            lags.append(time.perf_counter() - began - LAG_PROBE_SECONDS)
-
-    prober = threading.Thread(target=probe, name="lag-probe", daemon=True)
-    prober.start()
-    meter = Meter(jvm_pids)
-    deadline = time.perf_counter() + seconds
-    for _ in range(concurrency):
-        issue()
-    if not done.wait(seconds + 120):
-        raise RuntimeError(f"driver phase: {in_flight} requests still in flight after 120 s")
-    measured = meter.stop()
-    prober.join()
-    return ops, measured, lags, errors, first_error
+    with ThreadProbe() as probe:
+        meter = Meter(jvm_pids)
+        deadline = time.perf_counter() + seconds
+        for _ in range(concurrency):
+            issue()
+        if not done.wait(seconds + 120):
+            raise RuntimeError(f"driver phase: {in_flight} requests still in flight after 120 s")
+        measured = meter.stop()
+    return ops, measured, probe.lags, errors, first_error
 
 
 def run_driver(
@@ -432,14 +406,8 @@ async def library_phase(
             done += 1
         ops += done
 
-    async def probe() -> None:
-        while True:
-            began = time.perf_counter()
-            await anyio.sleep(LAG_PROBE_SECONDS)
-            lags.append(time.perf_counter() - began - LAG_PROBE_SECONDS)
-
     async with anyio.create_task_group() as outer:
-        outer.start_soon(probe)
+        outer.start_soon(lag_probe, lags)
         wakeups0 = _portal_wakeups()
         meter = Meter(jvm_pids)
         deadline = time.perf_counter() + seconds

@@ -64,13 +64,16 @@ from _bench import (
     MachineCpu,
     RssSampler,
     Target,
+    ThreadProbe,
     cassandra_node,
     common_args,
+    create_keyspace_cql,
     fmt,
     jvm_cpu_seconds,
+    lag_probe,
+    lag_summary,
     median,
     metadata,
-    percentile,
     print_table,
     proc_status_kib,
     reset_peak_rss,
@@ -91,7 +94,6 @@ FULL_SHAPE = (20, 10_000)  # partitions, rows per partition: 200,000 rows
 QUICK_SHAPE = (10, 10_000)  # 100,000 rows: 20 pages
 BATCH_ROWS = 1000  # rows per single-partition UNLOGGED batch while loading (~20 KB)
 LOAD_CONCURRENCY = 8
-LAG_PROBE_SECONDS = 0.005
 PEER_RUNNER = Path(__file__).with_name("_peer_stream_rows.py")
 PEER_TIMEOUT_SECONDS = 300
 TUPLE_PROFILE = "tuples"
@@ -142,10 +144,7 @@ def value(pk: int, ck: int) -> int:
 def load(session: Session, partitions: int, rows_per_partition: int) -> tuple[int, float]:
     """Create and fill the table; return (expected checksum, seconds taken)."""
     began = time.perf_counter()
-    session.execute(
-        f"CREATE KEYSPACE IF NOT EXISTS {KEYSPACE} WITH replication = "
-        "{'class': 'SimpleStrategy', 'replication_factor': 1}"
-    )
+    session.execute(create_keyspace_cql(KEYSPACE))
     session.execute(f"DROP TABLE IF EXISTS {KEYSPACE}.{TABLE}")
     session.execute(
         f"CREATE TABLE {KEYSPACE}.{TABLE} (pk int, ck int, v int, PRIMARY KEY (pk, ck))"
@@ -241,30 +240,6 @@ class Measure:
         }
 
 
-class ThreadProbe:
-    """The lag probe of the driver phases, which have no event loop: a thread sleeping
-    5 ms in a loop, recording how late it wakes (GIL, OS scheduling)."""
-
-    def __init__(self) -> None:
-        self.lags: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="lag-probe", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            began = time.perf_counter()
-            time.sleep(LAG_PROBE_SECONDS)
-            self.lags.append(time.perf_counter() - began - LAG_PROBE_SECONDS)
-
-    def __enter__(self) -> ThreadProbe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def callback_stream(session: Session, query: str, phase: dict[str, Any]) -> tuple[int, int, int]:
     """The raw driver's callback paging: (rows, checksum, pages)."""
     done = threading.Event()
@@ -355,12 +330,6 @@ async def child_library(spec: dict[str, Any]) -> dict[str, Any]:
     config = StreamConfig(fetch_size=phase["fetch_size"], read_ahead=phase["read_ahead"])
     lags: list[float] = []
 
-    async def probe() -> None:
-        while True:
-            began = time.perf_counter()
-            await anyio.sleep(LAG_PROBE_SECONDS)
-            lags.append(time.perf_counter() - began - LAG_PROBE_SECONDS)
-
     async with (
         AsyncCluster(spec["contact_points"], port=spec["port"]) as cluster,
         await cluster.connect() as session,
@@ -371,7 +340,7 @@ async def child_library(spec: dict[str, Any]) -> dict[str, Any]:
                 _ = row.ck + row.v
         rows = total = 0
         async with anyio.create_task_group() as probing:
-            probing.start_soon(probe)
+            probing.start_soon(lag_probe, lags)
             await anyio.lowlevel.checkpoint()  # the probe runs before the clock starts
             with Measure(spec["jvm_pids"], connected) as measure:
                 async with await session.execute_stream(QUERY, stream_config=config) as stream:
@@ -418,13 +387,10 @@ def figures(raw: dict[str, Any]) -> dict[str, Any]:
     seconds = raw["seconds"]
     start = raw["rss_start_kib"]
     peak = raw["hwm_kib"] if raw["hwm_kib"] is not None else raw["sampled_max_kib"]
-    lags_ms = sorted(1000 * lag for lag in raw["lags"])
+    lag = lag_summary(raw["lags"])
 
     def per_row(total: float | None) -> float | None:
         return round(1e6 * total / rows, 3) if rows and total is not None else None
-
-    def ms(value: float | None) -> float | None:
-        return round(value, 3) if value is not None else None
 
     return {
         "rows": rows,
@@ -446,10 +412,10 @@ def figures(raw: dict[str, Any]) -> dict[str, Any]:
             (max(peak, raw["warmup_hwm_kib"] or 0) - raw["connected_kib"]) * mb, 2
         ),
         "max_rows_held": raw.get("max_rows_held"),
-        "lag_p50_ms": ms(percentile(lags_ms, 0.50)),
-        "lag_p99_ms": ms(percentile(lags_ms, 0.99)),
-        "lag_max_ms": ms(lags_ms[-1] if lags_ms else None),
-        "lag_samples": len(lags_ms),
+        "lag_p50_ms": lag["p50"],
+        "lag_p99_ms": lag["p99"],
+        "lag_max_ms": lag["max"],
+        "lag_samples": lag["samples"],
     }
 
 
