@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
 
 import anyio
 import pytest
@@ -45,24 +44,44 @@ REQUEST_PARTS = {
 CALLS = 10
 
 
-def cyclic_garbage() -> list[str]:
-    """Collect; the names of request parts found only through a cycle (kept aside by
-    DEBUG_SAVEALL instead of freed)."""
+def cyclic_garbage(table: str) -> list[str]:
+    """Collect; the request parts of ``table``'s requests found only through a cycle
+    (kept aside by DEBUG_SAVEALL instead of freed), each with its CQL text."""
     gc.collect()
     found = [
-        type(o).__qualname__
-        for o in gc.garbage
-        if type(o).__qualname__ in REQUEST_PARTS and not is_driver_prepare(o)
+        f"{type(part).__qualname__} ({cql_text(part)})"
+        for part in gc.garbage
+        if type(part).__qualname__ in REQUEST_PARTS and of_this_test(part, table)
     ]
     gc.garbage.clear()
     return found
 
 
-def is_driver_prepare(part: object) -> bool:
-    """The driver's own prepare (``prepare=True`` runs it once, in a worker thread): its
-    future is cyclic garbage too, freed whenever the driver's timer queue lets it go,
-    which may be in the middle of a test. Not a request of ours; prepares are cached."""
-    return type(getattr(part, "message", None)).__name__ == "PrepareMessage"
+def cql_text(part: object) -> str | None:
+    """The CQL text behind a request part, where it has one."""
+    message = getattr(part, "message", part)  # a future's message, or the message
+    text = getattr(message, "query", None)
+    if isinstance(text, str):
+        return text
+    query = getattr(part, "query", None)
+    statement = getattr(query, "prepared_statement", query)
+    text = getattr(statement, "query_string", None)
+    return text if isinstance(text, str) else None
+
+
+def of_this_test(part: object, table: str) -> bool:
+    """Whether ``part`` belongs to a request this test made through the library.
+
+    The driver's own requests are cyclic garbage too, freed whenever its timer queue
+    lets them go, which may be in the middle of a later test: the keyspace fixture's
+    CREATE and DROP KEYSPACE (run on the plain driver session) and the driver's prepare
+    (``prepare=True`` runs it once, in a worker thread). Every request of the cases
+    names the test's table; those without a text (prepared executions, batches) and
+    every part of the library's own are counted."""
+    if type(getattr(part, "message", part)).__name__ == "PrepareMessage":
+        return False
+    text = cql_text(part)
+    return text is None or table in text
 
 
 @pytest.fixture
@@ -91,120 +110,119 @@ async def table(session: AsyncCassandraSession, ks: str) -> str:
     return f"{ks}.cyc"
 
 
-def cases(session: AsyncCassandraSession, table: str) -> dict[str, Callable[[], Awaitable[Any]]]:
-    # prepare=True: prepared once, through the session's cache (the driver's own
-    # prepare, in a worker thread, is not a request of ours).
-    select = f"SELECT * FROM {table} WHERE id = ?"
-    insert = f"INSERT INTO {table} (id, v) VALUES (?, ?)"
+# Each kind of request, as a call of (session, table). prepare=True prepares once,
+# through the session's cache (the driver's own prepare, in a worker thread, is not a
+# request of ours).
 
-    async def prepared() -> None:
-        (await session.execute(select, [1], prepare=True)).one()
 
-    async def simple() -> None:
-        await session.execute(f"SELECT * FROM {table} WHERE id = %s", [2])
+def _select(table: str) -> str:
+    return f"SELECT * FROM {table} WHERE id = ?"
 
-    async def every_page() -> None:
-        assert (
-            len(await session.execute(SimpleStatement(f"SELECT * FROM {table}", fetch_size=7)))
-            == 50
-        )
 
-    async def stream_to_the_end() -> None:
-        config = StreamConfig(fetch_size=7)
-        async with await session.execute_stream(
-            f"SELECT * FROM {table}", stream_config=config
-        ) as rows:
-            async for _ in rows:
-                pass
+async def prepared(session: AsyncCassandraSession, table: str) -> None:
+    (await session.execute(_select(table), [1], prepare=True)).one()
 
-    async def stream_left_early() -> None:
-        config = StreamConfig(fetch_size=7)
-        async with await session.execute_stream(
-            f"SELECT * FROM {table}", stream_config=config
-        ) as rows:
-            async for _ in rows:
+
+async def simple(session: AsyncCassandraSession, table: str) -> None:
+    await session.execute(f"SELECT * FROM {table} WHERE id = %s", [2])
+
+
+async def every_page(session: AsyncCassandraSession, table: str) -> None:
+    statement = SimpleStatement(f"SELECT * FROM {table}", fetch_size=7)
+    assert len(await session.execute(statement)) == 50
+
+
+async def _stream(session: AsyncCassandraSession, table: str, *, to_the_end: bool) -> None:
+    config = StreamConfig(fetch_size=7)
+    async with await session.execute_stream(f"SELECT * FROM {table}", stream_config=config) as rows:
+        async for _ in rows:
+            if not to_the_end:
                 break
 
-    async def batch() -> None:
-        statements = BatchStatement()
-        statements.add(SimpleStatement(insert.replace("?", "%s")), [100, "a"])
-        statements.add(SimpleStatement(insert.replace("?", "%s")), [101, "b"])
-        await session.execute(statements)
 
-    async def server_error() -> None:
-        with pytest.raises(QueryError):
-            await session.execute(f"SELECT * FROM {table}_missing")
-
-    async def driver_timeout() -> None:
-        with pytest.raises(TimeoutError):
-            await session.execute(select, [3], timeout=1e-6, prepare=True)
-
-    async def bad_parameter() -> None:
-        with pytest.raises(QueryError):
-            await session.execute(select, ["not an int"], prepare=True)
-
-    async def unknown_execution_profile() -> None:
-        with pytest.raises(QueryError):
-            await session.execute(select, [1], prepare=True, execution_profile="nope")
-
-    async def failed_prepare() -> None:
-        with pytest.raises(QueryError):
-            await session.prepare(f"SELECT * FROM {table}_missing WHERE id = ?")
-
-    async def cancelled() -> None:
-        with anyio.move_on_after(0):
-            await session.execute(f"SELECT * FROM {table} WHERE id = %s", [4])
-
-    return {
-        "prepared": prepared,
-        "simple": simple,
-        "every_page": every_page,
-        "stream_to_the_end": stream_to_the_end,
-        "stream_left_early": stream_left_early,
-        "batch": batch,
-        "server_error": server_error,
-        "driver_timeout": driver_timeout,
-        "bad_parameter": bad_parameter,
-        "unknown_execution_profile": unknown_execution_profile,
-        "failed_prepare": failed_prepare,
-        "cancelled": cancelled,
-    }
+async def stream_to_the_end(session: AsyncCassandraSession, table: str) -> None:
+    await _stream(session, table, to_the_end=True)
 
 
-CASES = [
-    "prepared",
-    "simple",
-    "every_page",
-    "stream_to_the_end",
-    "stream_left_early",
-    "batch",
-    "server_error",
-    "driver_timeout",
-    "bad_parameter",
-    "unknown_execution_profile",
-    "failed_prepare",
-    "cancelled",
+async def stream_left_early(session: AsyncCassandraSession, table: str) -> None:
+    await _stream(session, table, to_the_end=False)
+
+
+async def batch(session: AsyncCassandraSession, table: str) -> None:
+    insert = SimpleStatement(f"INSERT INTO {table} (id, v) VALUES (%s, %s)")
+    statements = BatchStatement()
+    statements.add(insert, [100, "a"])
+    statements.add(insert, [101, "b"])
+    await session.execute(statements)
+
+
+async def server_error(session: AsyncCassandraSession, table: str) -> None:
+    with pytest.raises(QueryError):
+        await session.execute(f"SELECT * FROM {table}_missing")
+
+
+async def driver_timeout(session: AsyncCassandraSession, table: str) -> None:
+    with pytest.raises(TimeoutError):
+        await session.execute(_select(table), [3], timeout=1e-6, prepare=True)
+
+
+async def bad_parameter(session: AsyncCassandraSession, table: str) -> None:
+    with pytest.raises(QueryError):
+        await session.execute(_select(table), ["not an int"], prepare=True)
+
+
+async def unknown_execution_profile(session: AsyncCassandraSession, table: str) -> None:
+    with pytest.raises(QueryError):
+        await session.execute(_select(table), [1], prepare=True, execution_profile="nope")
+
+
+async def failed_prepare(session: AsyncCassandraSession, table: str) -> None:
+    with pytest.raises(QueryError):
+        await session.prepare(f"SELECT * FROM {table}_missing WHERE id = ?")
+
+
+async def cancelled(session: AsyncCassandraSession, table: str) -> None:
+    with anyio.move_on_after(0):
+        await session.execute(f"SELECT * FROM {table} WHERE id = %s", [4])
+
+
+CASES: list[Callable[[AsyncCassandraSession, str], Awaitable[None]]] = [
+    prepared,
+    simple,
+    every_page,
+    stream_to_the_end,
+    stream_left_early,
+    batch,
+    server_error,
+    driver_timeout,
+    bad_parameter,
+    unknown_execution_profile,
+    failed_prepare,
+    cancelled,
 ]
 
 
 @pytest.mark.parametrize("observed", [False, True], ids=["plain", "observed"])
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.__name__)
 async def test_a_finished_request_leaves_no_cycle(
-    session: AsyncCassandraSession, table: str, case: str, observed: bool, no_collector: None
+    session: AsyncCassandraSession,
+    table: str,
+    case: Callable[[AsyncCassandraSession, str], Awaitable[None]],
+    observed: bool,
+    no_collector: None,
 ) -> None:
-    call = cases(session, table)[case]
     observer = create_metrics_system(backend="memory")
     if observed:
         session.add_observer(observer)
     try:
-        await call()  # prepares what it prepares, outside the count
-        cyclic_garbage()
+        await case(session, table)  # prepares what it prepares, outside the count
+        cyclic_garbage(table)
         for _ in range(CALLS):
-            await call()
+            await case(session, table)
         # A cancelled or timed-out request's late answer: let the driver finish it.
         await anyio.sleep(0.2)
-        found = cyclic_garbage()
+        found = cyclic_garbage(table)
     finally:
         if observed:
             session.remove_observer(observer)
-    assert found == [], f"{len(found)} request parts in reference cycles after {CALLS} calls"
+    assert found == [], f"request parts in reference cycles after {CALLS} calls: {found}"
