@@ -239,6 +239,12 @@ class AsyncCluster:
             if value is not None:
                 options[name] = value
         options.update(driver_kwargs)
+        if "connection_class" not in options:
+            # The driver's libev connection, writing a lone request from the sending
+            # thread (see _driver.DirectWriteConnection); None keeps the driver's choice.
+            connection_class = _driver.default_connection_class()
+            if connection_class is not None:
+                options["connection_class"] = connection_class
         try:
             # No I/O: the driver only records its configuration here.
             with _expected_driver_warnings():

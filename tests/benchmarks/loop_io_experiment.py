@@ -1,19 +1,25 @@
-"""Experiment (not part of the library): the driver's connection I/O on the event loop's
-own thread, against the driver's libev reactor thread, under this library on asyncio.
+"""Experiment (not part of the library): where the driver's connection does its socket
+I/O, under this library, compared in one run.
 
     python tests/benchmarks/loop_io_experiment.py [--address 127.0.0.40] [--quick]
+        [--backend asyncio|trio] [--classes queue,direct,loop]
 
-With the libev reactor (the driver's default), responses are read and decoded on the
-driver's own thread and every completion crosses to the event loop's thread: the two
-threads hand the GIL back and forth. :class:`LoopConnection` is a cassandra-driver
-``Connection`` whose socket is a reader/writer of the running asyncio loop, whose writes
-of one turn of the loop go out in one ``send``, and whose timers are the loop's
-``call_later``: no reactor thread, no hand-off. It is a minimal prototype (asyncio only,
-one loop per process, the loop must outlive the cluster), enough to measure whether the
-hand-offs are what costs. Prepared point reads at 1, 64 and 256 in flight, both connection
-classes alternated round by round in fresh processes; reported: ops/s, CPU µs per
-request (the whole process), loop lag p50/p99 (a task sleeping 5 ms in a loop).
-Results: ``bench-results/loop_io_experiment.json``.
+Three connection classes, alternated round by round in fresh processes:
+
+- ``queue``: the driver's libev connection as it is: every message is queued for the
+  driver's reactor thread, which is woken to write it; responses are read and decoded
+  there and every completion crosses to the event loop's thread.
+- ``direct``: the library's default, ``_driver.DirectWriteConnection``: the same, except
+  that a request alone on its connection is written by the sending thread.
+- ``loop`` (asyncio only): :class:`LoopConnection`, a minimal prototype whose socket is a
+  reader/writer of the running asyncio loop, whose writes of one turn of the loop go
+  out in one ``send``, and whose timers are the loop's ``call_later``: no reactor
+  thread, no hand-off (one loop per process, the loop must outlive the cluster).
+
+Prepared point reads at 1, 64 and 256 in flight; reported: ops/s, CPU µs per request
+(the whole process), context switches per request (all its threads), loop lag p50/p99
+(a task sleeping 5 ms in a loop). Results: ``bench-results/loop_io_experiment.json``
+(``loop_io_experiment_trio.json`` on trio).
 
 One thing the prototype had to learn from the driver's own reactors: read until a
 short read. The driver's protocol v5 segment decoder drops a partial segment header
@@ -28,6 +34,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -45,10 +52,11 @@ from _bench import (
     write_json,
 )
 from cassandra.connection import Connection, ConnectionShutdown, Timer
+from cassandra.io.libevreactor import LibevConnection
 
 KEYSPACE = "acs_bench_loop_io"
 CONCURRENCY = (1, 64, 256)
-CLASSES = ("libev", "loop")
+CLASSES = ("queue", "direct", "loop")
 
 
 class LoopTimer(Timer):
@@ -210,6 +218,15 @@ class LoopConnection(Connection):  # type: ignore[misc]
             self.connected_event.set()
 
 
+def context_switches() -> int:
+    """Voluntary and involuntary context switches of all this process's threads."""
+    total = 0
+    for thread in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{thread}/status") as status:
+            total += sum(int(line.split()[1]) for line in status if "ctxt_switches" in line)
+    return total
+
+
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     """One measurement in this process: a fresh cluster with one connection class."""
     import anyio
@@ -218,6 +235,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
     async def main() -> dict[str, Any]:
         options: dict[str, Any] = {}
+        if spec["connection"] == "queue":
+            options["connection_class"] = LibevConnection
         if spec["connection"] == "loop":
             LoopConnection.loop = asyncio.get_running_loop()
             LoopConnection.loop_thread = threading.get_ident()
@@ -243,6 +262,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
                             key += 1
                             ops += 1
 
+                    switches = context_switches()
                     cpu, wall = time.process_time(), time.perf_counter()
                     async with anyio.create_task_group() as outer:
                         outer.start_soon(lag_probe, lags)
@@ -258,20 +278,32 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
                             "cpu_us_per_op": round(cpu * 1e6 / ops, 1),
                             "lag_p50_ms": lag["p50"],
                             "lag_p99_ms": lag["p99"],
+                            "switches_per_op": round((context_switches() - switches) / ops, 2),
                         }
             return figures
 
-    return anyio.run(main, backend="asyncio")
+    return anyio.run(main, backend=spec["backend"])
 
 
 def main() -> None:
     parser = common_args("Driver I/O on the loop's thread vs the libev reactor thread.")
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    parser.add_argument(
+        "--classes",
+        default=None,
+        help="comma-separated, of queue, direct, loop (default: all the backend can run)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
+    classes = tuple(args.classes.split(",")) if args.classes else CLASSES
+    if args.backend == "trio":
+        classes = tuple(name for name in classes if name != "loop")  # asyncio only
+    if not classes or set(classes) - set(CLASSES):
+        parser.error(f"--classes: choose from {', '.join(CLASSES)}")
     rounds = args.rounds or (1 if args.quick else 4)
     seconds = 1.5 if args.quick else 5.0
     runs: list[dict[str, Any]] = []
@@ -291,10 +323,11 @@ def main() -> None:
         finally:
             cluster.shutdown()
         for round_ in range(rounds):
-            order = CLASSES if round_ % 2 == 0 else CLASSES[::-1]
+            order = classes if round_ % 2 == 0 else classes[::-1]
             for connection in order:
                 spec = {
                     "connection": connection,
+                    "backend": args.backend,
                     "contact_points": target.contact_points,
                     "port": target.port,
                     "seconds": seconds,
@@ -309,7 +342,7 @@ def main() -> None:
                     raise RuntimeError(f"{connection} failed:\n{done.stderr[-3000:]}")
                 figures = json.loads(done.stdout.strip().splitlines()[-1])
                 runs.append({"round": round_, "connection": connection, "figures": figures})
-                print(f"round {round_ + 1} {connection:5} {figures}", flush=True)
+                print(f"round {round_ + 1} {connection:6} {figures}", flush=True)
         meta = metadata(target, None, None)
     summary = {
         connection: {
@@ -317,19 +350,31 @@ def main() -> None:
                 key: statistics.median(
                     r["figures"][str(n)][key] for r in runs if r["connection"] == connection
                 )
-                for key in ("ops_per_s", "cpu_us_per_op", "lag_p50_ms", "lag_p99_ms")
+                for key in (
+                    "ops_per_s",
+                    "cpu_us_per_op",
+                    "switches_per_op",
+                    "lag_p50_ms",
+                    "lag_p99_ms",
+                )
             }
             for n in CONCURRENCY
         }
-        for connection in CLASSES
+        for connection in classes
     }
     for connection, by_n in summary.items():
         for n, figures in by_n.items():
-            print(f"{connection:5} N={n:>3}: {figures}")
+            print(f"{connection:6} N={n:>3}: {figures}")
     path = write_json(
         args.output_dir,
-        "loop_io_experiment.json",
-        {"benchmark": "loop_io_experiment", "metadata": meta, "summary": summary, "runs": runs},
+        "loop_io_experiment.json" if args.backend == "asyncio" else "loop_io_experiment_trio.json",
+        {
+            "benchmark": "loop_io_experiment",
+            "backend": args.backend,
+            "metadata": meta,
+            "summary": summary,
+            "runs": runs,
+        },
     )
     print(f"wrote {path}")
 
