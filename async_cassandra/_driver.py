@@ -355,16 +355,19 @@ if libevreactor is not None:
 
         The libev connection queues every message and wakes its reactor thread to write
         it. With nothing else in flight that thread is asleep, and waking it (a thread
-        switch and a GIL hand-off) lies on the request's path: at one request in flight,
-        point reads went from 1,730 to 2,620 per second without it (asyncio, alternated,
-        2 rounds). With other requests in flight the reactor is awake for their
-        responses anyway and writes what queued in a batch, which keeps the responses
-        batched too: writing every message at once instead cost 60-80% more context
-        switches and CPU per request and 10-30% of the throughput at 64 and 256 in
-        flight. So a message is written at once only when the connection has nothing
-        else in flight and nothing queued, and the reactor is not writing (the order of
-        the bytes on the wire must hold); what the socket does not take at once, and
-        everything else, goes to the reactor's queue as before.
+        switch and a GIL hand-off) lies on the request's path: without it, point reads
+        at one request in flight went from 2,130 to 2,590 per second on asyncio and from
+        2,200 to 2,400 on trio (medians of 4 alternated rounds,
+        ``tests/benchmarks/loop_io_experiment.py``). With other requests in flight the
+        reactor is awake for their responses anyway and writes what queued in a batch,
+        which keeps the responses batched too: writing every message at once instead
+        cost 60-80% more context switches and CPU per request and 10-30% of the
+        throughput at 64 and 256 in flight (a limit of 4 in flight instead of 1 changed
+        nothing measurable at 4 and 16 in flight). So a message is written at once only
+        when the connection has nothing else in flight and nothing queued, and the
+        reactor is not writing (the order of the bytes on the wire must hold); what the
+        socket does not take at once, and everything else, goes to the reactor's queue
+        as before.
 
         Never over TLS: OpenSSL forbids using one connection from two threads at once,
         and the reactor thread reads from it.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import secrets
 from collections.abc import Iterator
+from itertools import pairwise
 from typing import Any
 
 import anyio
@@ -17,7 +18,12 @@ from cassandra.query import BatchStatement, BatchType, SimpleStatement, dict_fac
 
 from async_cassandra import AsyncCassandraSession, AsyncCluster, QueryError, TimeoutError
 from async_cassandra.paging import InvalidPagingToken, PagingTokenSigner
-from async_cassandra.streaming import AsyncStreamingResultSet, StreamConfig, fan_out
+from async_cassandra.streaming import (
+    _ROWS_PER_RUN,
+    AsyncStreamingResultSet,
+    StreamConfig,
+    fan_out,
+)
 from async_cassandra.testing import LocalCassandra
 
 pytestmark = pytest.mark.anyio
@@ -98,6 +104,80 @@ async def test_a_consumer_that_stops_stops_the_paging(
     assert stream.pages_requested == requested
     assert stream.rows_held == 0
     assert (await session.execute("SELECT key FROM system.local")).one().key == "local"
+
+
+async def test_a_consumer_without_awaits_lets_the_loop_run_within_a_page(
+    session: AsyncCassandraSession, big_table: str
+) -> None:
+    # A page of 5,000 rows, read by a loop body with no await of its own: the stream
+    # lets the loop run every _ROWS_PER_RUN rows, not only between pages. A task that
+    # runs at every turn of the loop sees how far the consumer got each time (on trio
+    # it may run before one run and after the next, hence two runs).
+    config = StreamConfig(fetch_size=5000)
+    count = 0
+    seen: list[int] = []
+
+    async def ticker() -> None:
+        while True:
+            seen.append(count)
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(ticker)
+        async with await session.execute_stream(
+            f"SELECT p, c FROM {big_table}", stream_config=config
+        ) as stream:
+            async for _ in stream:
+                count += 1
+                if count == 15_000:
+                    break
+        tasks.cancel_scope.cancel()
+    steps = [after - before for before, after in pairwise(seen)]
+    assert max(steps) <= 2 * _ROWS_PER_RUN < 5000
+
+
+async def test_cancelled_between_runs_of_a_page_no_row_is_lost(
+    session: AsyncCassandraSession, big_table: str
+) -> None:
+    config = StreamConfig(fetch_size=5000)
+    async with await session.execute_stream(
+        f"SELECT p, c FROM {big_table} WHERE p = 7", stream_config=config
+    ) as stream:
+        first = [await stream.__anext__() for _ in range(_ROWS_PER_RUN)]
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await stream.__anext__()  # the end of a run: the checkpoint raises
+        assert scope.cancelled_caught
+        rest = [row async for row in stream]
+    assert [row.c for row in first + rest] == list(range(ROWS_PER_PARTITION))
+
+
+@pytest.mark.parametrize("factory", ["Row", "dict_factory"])
+async def test_rows_then_pages_hand_out_the_rest_of_a_run_and_of_its_page(
+    cassandra_node: LocalCassandra, big_table: str, factory: str
+) -> None:
+    # 1,500 rows as rows (a run and a half of the first page), then pages(): the rest of
+    # the page (3,500) whole, then the next pages; every row once, in order.
+    query = f"SELECT p, c FROM {big_table} WHERE p IN (1, 2, 3, 4, 5, 6, 7, 8, 9)"
+    config = StreamConfig(fetch_size=5000)
+    node = cassandra_node
+    async with (
+        AsyncCluster(node.contact_points, port=node.port) as cluster,
+        await cluster.connect() as session,
+    ):
+        if factory == "dict_factory":
+            session.driver_session.row_factory = dict_factory
+        async with await session.execute_stream(query, stream_config=config) as stream:
+            rows = [await stream.__anext__() for _ in range(1500)]
+            assert stream.rows_held == 3500
+            pages = [list(page) async for page in stream.pages()]
+    assert [len(page) for page in pages] == [3500, 4000]
+    rows += [row for page in pages for row in page]
+    if factory == "dict_factory":
+        rows = [(row["p"], row["c"]) for row in rows]
+    assert [tuple(row) for row in rows] == [
+        (p, c) for p in range(1, 10) for c in range(ROWS_PER_PARTITION)
+    ]
 
 
 async def test_a_dropped_stream_is_freed_with_a_resource_warning(
