@@ -361,13 +361,13 @@ if libevreactor is not None:
         ``tests/benchmarks/loop_io_experiment.py``). With other requests in flight the
         reactor is awake for their responses anyway and writes what queued in a batch,
         which keeps the responses batched too: writing every message at once instead
-        cost 60-80% more context switches and CPU per request and 10-30% of the
-        throughput at 64 and 256 in flight (a limit of 4 in flight instead of 1 changed
-        nothing measurable at 4 and 16 in flight). So a message is written at once only
-        when the connection has nothing else in flight and nothing queued, and the
-        reactor is not writing (the order of the bytes on the wire must hold); what the
-        socket does not take at once, and everything else, goes to the reactor's queue
-        as before.
+        cost 15-35% more CPU and twice to three times the context switches per request
+        at 64 and 256 in flight, and up to a fifth of the throughput (a limit of 4 in
+        flight instead of 1 changed nothing measurable at 4 and 16 in flight). So a
+        message is written at once only when the connection has nothing else in flight
+        and nothing queued, and the reactor is not writing (the order of the bytes on
+        the wire must hold); what the socket does not take at once, and everything
+        else, goes to the reactor's queue as before.
 
         Never over TLS: OpenSSL forbids using one connection from two threads at once,
         and the reactor thread reads from it.
