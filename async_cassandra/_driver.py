@@ -8,6 +8,7 @@ Checked against cassandra-driver 3.29 and 3.30.
 from __future__ import annotations
 
 import ssl
+import time
 from typing import Any
 
 from cassandra import DependencyException
@@ -29,6 +30,7 @@ from .exceptions import bad_argument
 __all__ = [
     "NOT_SET",
     "DirectWriteConnection",
+    "a_new_timer_is_due",
     "batch_size",
     "check_payload",
     "check_sendable",
@@ -347,6 +349,14 @@ except DependencyException:  # the driver was built without its libev extension
     libevreactor = None
 
 
+def a_new_timer_is_due(timers: Any, now: float) -> bool:
+    """Whether a timer added to a reactor's ``timers`` (the driver's ``TimerManager``)
+    since the reactor last serviced them ends by ``now`` (``time.time()``, the driver's
+    clock for timers). A copy is read: the reactor thread takes them out meanwhile,
+    and then services them itself."""
+    return any(end <= now for end, _ in list(timers._new_timers))
+
+
 if libevreactor is not None:
 
     class DirectWriteConnection(libevreactor.LibevConnection):  # type: ignore[misc]
@@ -368,6 +378,12 @@ if libevreactor is not None:
         and nothing queued, and the reactor is not writing (the order of the bytes on
         the wire must hold); what the socket does not take at once, and everything
         else, goes to the reactor's queue as before.
+
+        Nor while a timer given to the reactor is already due and the reactor has not
+        looked at it yet (a request with a timeout shorter than the time to send it):
+        through the queue the reactor fires such a timer before it writes, so the
+        request times out as the driver would have it; written at once, its answer could
+        be read first when the reactor thread is slow to run, and the request succeed.
 
         Never over TLS: OpenSSL forbids using one connection from two threads at once,
         and the reactor thread reads from it.
@@ -407,7 +423,11 @@ if libevreactor is not None:
                 super().push(data)
                 return
             with self._deque_lock:
-                if not self.deque and not self._reactor_writing:
+                if (
+                    not self.deque
+                    and not self._reactor_writing
+                    and not a_new_timer_is_due(libevreactor._global_loop._timers, time.time())
+                ):
                     try:
                         sent = self._socket.send(data)
                     except (BlockingIOError, InterruptedError):
@@ -426,7 +446,8 @@ if libevreactor is not None:
                 self.deque.append(data)
                 libevreactor._global_loop.notify()
 
-else:  # pragma: no cover - the wheels on PyPI carry the libev extension
+
+if libevreactor is None:  # pragma: no cover - the wheels on PyPI carry the libev extension
     DirectWriteConnection = None  # type: ignore[assignment,misc]
 
 

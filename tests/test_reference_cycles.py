@@ -162,8 +162,17 @@ async def server_error(session: AsyncCassandraSession, table: str) -> None:
 
 
 async def driver_timeout(session: AsyncCassandraSession, table: str) -> None:
-    with pytest.raises(TimeoutError):
-        await session.execute(_select(table), [3], timeout=1e-6, prepare=True)
+    # A timeout shorter than the time to send the request. Not every such request times
+    # out: should the driver's reactor fire the timer before the request has its
+    # connection, the driver arms it again 10 ms later (PYTHON-853), and a local node
+    # answers within that (seen on a loaded machine, more often with observers, whose
+    # hooks run in that window). The answered ones are counted all the same.
+    for _ in range(20):
+        try:
+            await session.execute(_select(table), [3], timeout=1e-6, prepare=True)
+        except TimeoutError:
+            return
+    pytest.fail("none of 20 requests given 1 µs timed out")
 
 
 async def bad_parameter(session: AsyncCassandraSession, table: str) -> None:
