@@ -387,6 +387,18 @@ if libevreactor is not None:
 
         Never over TLS: OpenSSL forbids using one connection from two threads at once,
         and the reactor thread reads from it.
+
+        And it never refuses a request as "overloaded". The driver's connection raises
+        ``ConnectionBusy`` from ``send_msg`` while its reactor's last send found the
+        socket full (a large message still going out), and the driver's
+        ``ResponseFuture._query`` then keeps the in-flight slot and the stream id it
+        took for the request: each refusal leaked one for the connection's life (5
+        refusals: ``in_flight`` 5 at rest, 5 stream ids fewer), until the connection
+        had no stream ids left, and with one node the request failed with
+        ``NoHostAvailable``. Here such a message waits in the queue behind what is being
+        written, as every message does while the reactor writes; the session's limit on
+        requests in flight bounds the queue, and a node that stops reading is met by
+        the requests' timeouts.
         """
 
         # Set once the socket is known to be plain TCP; the OPTIONS message the driver
@@ -402,6 +414,18 @@ if libevreactor is not None:
             self.direct_writes = 0
             super().__init__(*args, **kwargs)
             self._direct_writes_allowed = not isinstance(self._socket, ssl.SSLSocket)
+
+        @property
+        def _socket_writable(self) -> bool:
+            # Read by the driver's send_msg, which refuses a request when it is False.
+            return True
+
+        @_socket_writable.setter
+        def _socket_writable(self, writable: bool) -> None:
+            # Set by the driver's reactor when a send finds the socket full (False) and
+            # when its queue is written out (True): the queue waits for the socket
+            # either way, so nothing needs the flag.
+            pass
 
         def handle_write(self, watcher: Any, revents: int, errno: int | None = None) -> None:
             # The reactor thread. Between taking the last message from the queue and
