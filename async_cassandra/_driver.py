@@ -470,8 +470,7 @@ if libevreactor is not None:
                 self.deque.append(data)
                 libevreactor._global_loop.notify()
 
-
-if libevreactor is None:  # pragma: no cover - the wheels on PyPI carry the libev extension
+else:  # pragma: no cover - the wheels on PyPI carry the libev extension
     DirectWriteConnection = None  # type: ignore[assignment,misc]
 
 

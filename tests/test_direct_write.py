@@ -35,7 +35,6 @@ def on_socket(sock: Any, in_flight: int = 1) -> DirectWriteConnection:
     connection.deque = deque()
     connection._deque_lock = threading.Lock()
     connection._socket = sock
-    connection._socket_writable = True
     connection._direct_writes_allowed = True
     connection.direct_writes = 0
     connection.in_flight = in_flight
