@@ -304,6 +304,17 @@ async def lag_probe(
         lags.append(time.perf_counter() - began - LAG_PROBE_SECONDS)
 
 
+async def read_points_until(session: Any, select: Any, keys: int, stop: float) -> int:
+    """One worker of a point-read phase: ``select`` (a prepared statement of one
+    parameter) for keys 0, 1, 2, ... modulo ``keys``, reading each row, until
+    ``time.perf_counter()`` passes ``stop``; returns how many it made."""
+    made = 0
+    while time.perf_counter() < stop:
+        (await session.execute(select, [made % keys])).one()
+        made += 1
+    return made
+
+
 class ThreadProbe:
     """The lag probe of the raw driver's phases, which have no event loop: a thread
     sleeping :data:`LAG_PROBE_SECONDS` in a loop, recording in ``lags`` how late it

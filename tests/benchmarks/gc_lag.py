@@ -23,7 +23,14 @@ import time
 from typing import Any
 
 import anyio
-from _bench import cassandra_node, common_args, create_keyspace_cql, lag_probe, lag_summary
+from _bench import (
+    cassandra_node,
+    common_args,
+    create_keyspace_cql,
+    lag_probe,
+    lag_summary,
+    read_points_until,
+)
 
 from async_cassandra import AsyncCluster
 
@@ -67,11 +74,10 @@ async def run(args: argparse.Namespace, contact_points: list[str], port: int) ->
 
         async def worker(stop: float) -> None:
             nonlocal ops
-            key = 0
-            while time.perf_counter() < stop:
-                (await session.execute(select, [key % 100])).one()
-                key += 1
-                ops += 1
+            # Not `ops += await ...`: that reads ops before the await, and the
+            # workers would overwrite each other's counts.
+            made = await read_points_until(session, select, 100, stop)
+            ops += made
 
         async def phase(seconds: float, measured: bool) -> tuple[float, float]:
             stop = time.perf_counter() + seconds

@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -45,10 +44,12 @@ from typing import Any
 from _bench import (
     cassandra_node,
     common_args,
+    context_switches,
     create_keyspace_cql,
     lag_probe,
     lag_summary,
     metadata,
+    read_points_until,
     write_json,
 )
 from cassandra.connection import Connection, ConnectionShutdown, Timer
@@ -218,15 +219,6 @@ class LoopConnection(Connection):  # type: ignore[misc]
             self.connected_event.set()
 
 
-def context_switches() -> int:
-    """Voluntary and involuntary context switches of all this process's threads."""
-    total = 0
-    for thread in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{thread}/status") as status:
-            total += sum(int(line.split()[1]) for line in status if "ctxt_switches" in line)
-    return total
-
-
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     """One measurement in this process: a fresh cluster with one connection class."""
     import anyio
@@ -256,11 +248,10 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
                     async def worker(stop: float = stop) -> None:
                         nonlocal ops
-                        key = 0
-                        while time.perf_counter() < stop:
-                            (await session.execute(select, [key % 1000])).one()
-                            key += 1
-                            ops += 1
+                        # Not `ops += await ...`: that reads ops before the await, and the
+                        # workers would overwrite each other's counts.
+                        made = await read_points_until(session, select, 1000, stop)
+                        ops += made
 
                     switches = context_switches()
                     cpu, wall = time.process_time(), time.perf_counter()
