@@ -164,7 +164,7 @@ class AsyncCluster:
     driver's default ``connection_class`` is its libev connection, the library's
     subclass of it is used instead: a request alone on its connection is written by
     the sending thread (the event loop's) rather than by waking the driver's reactor
-    thread to write it, which made point reads at one request in flight 1.1-1.2x as
+    thread to write it, which made point reads at one request in flight 1.04-1.2x as
     fast here, and a request made while a large message is still being written waits
     its turn instead of being refused as "overloaded" (which with the driver's
     connection lost a stream id each time); pass ``connection_class`` to keep the
