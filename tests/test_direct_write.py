@@ -301,4 +301,19 @@ async def test_a_full_socket_queues_requests_and_leaks_no_stream_ids(
     for _ in range(5):
         assert (await own_session.execute(select)).one() is not None
     assert connection.in_flight == 0
-    assert len(connection.request_ids) == free_ids
+    await stream_ids_returned(connection, free_ids)
+
+
+async def stream_ids_returned(connection: Any, expected: int) -> None:
+    """Wait until ``connection`` holds ``expected`` free stream ids; fail if it never does.
+
+    The driver's reactor thread puts a stream id back after it has run the answer's
+    callback (``Connection.process_msg``), so the awaiting task can resume while the
+    last answer's id is still out. A leak keeps it out for ever: after 10 s the wait
+    fails with the count.
+    """
+    with anyio.move_on_after(10):
+        # Polled: the driver signals nothing after it puts an id back.
+        while len(connection.request_ids) != expected:  # noqa: ASYNC110
+            await anyio.sleep(0.001)
+    assert len(connection.request_ids) == expected
