@@ -6,7 +6,8 @@ and its peers, side by side in one run.
 
 Starts its own Cassandra 5.0.8 node on ``--address`` (or uses the one named by
 ``ASYNC_CASSANDRA_CONTACT_POINTS``), loads 20 partitions x 10,000 rows of ``(pk int,
-ck int, v int)`` (``--quick``: 10 x 10,000; loading is not measured), then reads the
+ck int, v int)`` (``--quick``: 10 x 10,000; loading is not measured), scans it
+unmeasured for 6 s (``--quick``: 1 s) to warm the server, then reads the
 whole table once per phase at fetch size 5000, with the same per-row work
 (``total += row.ck + row.v; rows += 1``) in every phase:
 
@@ -94,6 +95,9 @@ FULL_SHAPE = (20, 10_000)  # partitions, rows per partition: 200,000 rows
 QUICK_SHAPE = (10, 10_000)  # 100,000 rows: 20 pages
 BATCH_ROWS = 1000  # rows per single-partition UNLOGGED batch while loading (~20 KB)
 LOAD_CONCURRENCY = 8
+# Seconds of unmeasured full scans before the first phase (point_reads.py's too).
+SERVER_WARMUP_S = 6.0
+QUICK_SERVER_WARMUP_S = 1.0
 PEER_RUNNER = Path(__file__).with_name("_peer_stream_rows.py")
 PEER_TIMEOUT_SECONDS = 300
 TUPLE_PROFILE = "tuples"
@@ -190,18 +194,23 @@ class Connected:
 
 class Measure:
     """Wall, CPU, loop-thread CPU, server CPU and RSS over the measured stream; the raw
-    readings (:func:`figures` turns them into the reported ones, for the peers' too)."""
+    readings (:func:`figures` turns them into the reported ones, for the peers' too).
+
+    Made before the lag probe starts, entered after: making it collects garbage and
+    resets the peak RSS, pauses of the benchmark's own that a running probe would
+    record as the client's lag (they were its first sample: 7-42 ms on asyncio).
+    """
 
     def __init__(self, jvm_pids: list[int], connected: Connected) -> None:
         self._pids = jvm_pids
         self._connected = connected
-
-    def __enter__(self) -> Measure:
         # The peak of the warm-up, before the reset below forgets it.
-        self.warmup_hwm_kib = proc_status_kib("VmHWM") if self._connected.hwm_reset else None
+        self.warmup_hwm_kib = proc_status_kib("VmHWM") if connected.hwm_reset else None
         gc.collect()
         self.hwm_reset = reset_peak_rss()
         self.rss_start_kib = proc_status_kib("VmRSS") or 0
+
+    def __enter__(self) -> Measure:
         self._sampler = RssSampler().__enter__()
         self._machine = MachineCpu()
         self._server = jvm_cpu_seconds(self._pids)
@@ -308,7 +317,8 @@ def child_driver(spec: dict[str, Any]) -> dict[str, Any]:
         session = cluster.connect()
         connected = Connected()
         stream(session, WARMUP_QUERY, phase)
-        with ThreadProbe() as probe, Measure(spec["jvm_pids"], connected) as measure:
+        measure = Measure(spec["jvm_pids"], connected)
+        with ThreadProbe() as probe, measure:
             rows, total, pages = stream(session, QUERY, phase)
         return {
             **measure.raw(),
@@ -339,10 +349,11 @@ async def child_library(spec: dict[str, Any]) -> dict[str, Any]:
             async for row in stream:
                 _ = row.ck + row.v
         rows = total = 0
+        measure = Measure(spec["jvm_pids"], connected)
         async with anyio.create_task_group() as probing:
             probing.start_soon(lag_probe, lags)
             await anyio.lowlevel.checkpoint()  # the probe runs before the clock starts
-            with Measure(spec["jvm_pids"], connected) as measure:
+            with measure:
                 async with await session.execute_stream(QUERY, stream_config=config) as stream:
                     if phase["pages"]:
                         async for page in stream.pages():
@@ -630,6 +641,7 @@ def main() -> None:
     if args.rounds is None:
         args.rounds = 1 if args.quick else 3
     partitions, per_partition = QUICK_SHAPE if args.quick else FULL_SHAPE
+    server_warmup_s = QUICK_SERVER_WARMUP_S if args.quick else SERVER_WARMUP_S
     expected_rows = partitions * per_partition
     began = time.perf_counter()
 
@@ -665,14 +677,23 @@ def main() -> None:
             )
             checksum, load_seconds = load(session, partitions, per_partition)
             print(f"  loaded {expected_rows:,} rows in {load_seconds:.1f} s", flush=True)
-            # One unmeasured full scan warms the server (JIT, caches) for every phase.
+            # Unmeasured full scans warm the server (JIT, caches) for every phase, for as
+            # long as point_reads.py warms it: after one scan the node still ran the
+            # next phases' streams at a third of its warm speed, and their loop-lag
+            # probes met its pauses.
             warm_began = time.perf_counter()
-            warm_rows = sum(
-                1 for _ in session.execute(SimpleStatement(QUERY, fetch_size=FETCH_SIZE))
+            warm_scans = 0
+            while warm_scans == 0 or time.perf_counter() - warm_began < server_warmup_s:
+                warm_rows = sum(
+                    1 for _ in session.execute(SimpleStatement(QUERY, fetch_size=FETCH_SIZE))
+                )
+                if warm_rows != expected_rows:
+                    raise RuntimeError(f"the table holds {warm_rows} rows, not {expected_rows}")
+                warm_scans += 1
+            print(
+                f"  server warm-up: {warm_scans} scans in {time.perf_counter() - warm_began:.1f} s",
+                flush=True,
             )
-            if warm_rows != expected_rows:
-                raise RuntimeError(f"the table holds {warm_rows} rows, not {expected_rows}")
-            print(f"  server warm-up scan: {time.perf_counter() - warm_began:.1f} s", flush=True)
         finally:
             cluster.shutdown()
         meta = metadata(target, release, protocol)
@@ -767,8 +788,9 @@ def main() -> None:
             f"through the driver's execute_concurrent ({LOAD_CONCURRENCY} in flight); not "
             "measured",
             "load_seconds": round(load_seconds, 1),
-            "warmup": "one unmeasured full scan by the driver before the phases; each "
-            f"phase first streams `{WARMUP_QUERY}` with its own client and config",
+            "warmup": f"unmeasured full scans by the driver for {server_warmup_s:g} s "
+            f"({warm_scans} scans) before the phases; each phase first streams "
+            f"`{WARMUP_QUERY}` with its own client and config",
             "phases": [phase.client for phase in phases],
             "rounds": args.rounds,
             "quick": args.quick,
