@@ -37,9 +37,11 @@ own high-water mark reset at the start of the phase. During the measured stream 
 sleeps 5 ms in a loop and records how late it wakes: a task on the event loop
 (asyncio, trio, the peers), a thread for the driver phases (which have no loop). This
 machine's speed drifts by up to 2x within minutes, so every phase runs once per round,
-``--rounds`` times (default 3, 1 with ``--quick``), in an order rotated each round, and
+``--rounds`` times (default 7, 1 with ``--quick``), in an order rotated each round, and
 each phase's rate is divided by the ``driver`` (and ``driver/tuple``) rate of its own
-round; the median of these per-round ratios is reported. Reported: rows/s, the ratios,
+round; the median of these per-round ratios is reported. A phase lasts well under a
+second, so rounds are cheap; with 3 the baseline's own spread within one run (0.43M to
+0.85M rows/s) could move the median ratio by 0.2. Reported: rows/s, the ratios,
 client CPU µs per row, peak RSS growth, ``max_rows_held`` (this library), loop lag
 p50/p99/max. Results: ``bench-results/stream_rows.json``.
 """
@@ -631,7 +633,7 @@ def main() -> None:
         "--rounds",
         type=int,
         help="times every phase runs, interleaved, in an order rotated each round "
-        "(default 3, 1 with --quick); medians are reported",
+        "(default 7, 1 with --quick); medians are reported",
     )
     add_peer_options(parser)
     args = parser.parse_args()
@@ -639,7 +641,7 @@ def main() -> None:
         run_child(json.loads(args.child))
         return
     if args.rounds is None:
-        args.rounds = 1 if args.quick else 3
+        args.rounds = 1 if args.quick else 7
     partitions, per_partition = QUICK_SHAPE if args.quick else FULL_SHAPE
     server_warmup_s = QUICK_SERVER_WARMUP_S if args.quick else SERVER_WARMUP_S
     expected_rows = partitions * per_partition
