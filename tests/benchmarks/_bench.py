@@ -245,6 +245,21 @@ def context_switches() -> int:
     return total
 
 
+def scheduler_seconds() -> tuple[float, float]:
+    """(running, waiting in the run queue) so far, in seconds, summed over every thread
+    of this process, from the kernel's ``/proc/self/task/*/schedstat`` (threads that
+    already ended are not counted). Waiting means runnable but not given a core:
+    divided by a wall time, how many cores' worth the process wanted and did not get."""
+    running = waiting = 0
+    with contextlib.suppress(OSError):
+        for task in Path("/proc/self/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                run_ns, wait_ns, _ = (int(x) for x in (task / "schedstat").read_text().split())
+                running += run_ns
+                waiting += wait_ns
+    return running / 1e9, waiting / 1e9
+
+
 def reset_peak_rss() -> bool:
     """Reset this process's VmHWM to its current RSS (Linux >= 4.0:
     ``echo 5 > /proc/self/clear_refs``). False if the kernel refused."""

@@ -18,8 +18,9 @@ Three connection classes, alternated round by round in fresh processes:
 
 Prepared point reads at 1, 64 and 256 in flight; reported: ops/s, CPU µs per request
 (the whole process), context switches per request (all its threads), loop lag p50/p99
-(a task sleeping 5 ms in a loop). Results: ``bench-results/loop_io_experiment.json``
-(``loop_io_experiment_trio.json`` on trio).
+(a task sleeping 5 ms in a loop), and the cores' worth of time its threads ran and
+spent runnable in the run queue (``_bench.scheduler_seconds``). Results:
+``bench-results/loop_io_experiment.json`` (``loop_io_experiment_trio.json`` on trio).
 
 One thing the prototype had to learn from the driver's own reactors: read until a
 short read. The driver's protocol v5 segment decoder drops a partial segment header
@@ -50,6 +51,7 @@ from _bench import (
     lag_summary,
     metadata,
     read_points_until,
+    scheduler_seconds,
     write_json,
 )
 from cassandra.connection import Connection, ConnectionShutdown, Timer
@@ -254,6 +256,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
                         ops += made
 
                     switches = context_switches()
+                    running, waiting = scheduler_seconds()
                     cpu, wall = time.process_time(), time.perf_counter()
                     async with anyio.create_task_group() as outer:
                         outer.start_soon(lag_probe, lags)
@@ -262,6 +265,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
                                 workers.start_soon(worker)
                         outer.cancel_scope.cancel()
                     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+                    ran, waited = scheduler_seconds()
                     if measured:
                         lag = lag_summary(lags)
                         figures[str(concurrency)] = {
@@ -270,6 +274,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
                             "lag_p50_ms": lag["p50"],
                             "lag_p99_ms": lag["p99"],
                             "switches_per_op": round((context_switches() - switches) / ops, 2),
+                            "cores_running": round((ran - running) / wall, 3),
+                            "cores_waiting": round((waited - waiting) / wall, 3),
                         }
             return figures
 
@@ -347,6 +353,8 @@ def main() -> None:
                     "switches_per_op",
                     "lag_p50_ms",
                     "lag_p99_ms",
+                    "cores_running",
+                    "cores_waiting",
                 )
             }
             for n in CONCURRENCY
