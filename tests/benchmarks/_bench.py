@@ -232,17 +232,24 @@ def proc_status_kib(name: str) -> int | None:
     return None
 
 
-def context_switches() -> int:
-    """Voluntary + involuntary context switches of every thread of this process so far
-    (threads that already ended are not counted)."""
-    total = 0
+def _each_thread(name: str) -> Iterator[str]:
+    """The text of ``/proc/self/task/<tid>/<name>`` for every thread of this process now
+    (threads that already ended are gone, and one that ends while read is skipped)."""
     with contextlib.suppress(OSError):
         for task in Path("/proc/self/task").iterdir():
             with contextlib.suppress(OSError):
-                for line in (task / "status").read_text().splitlines():
-                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
-                        total += int(line.split()[1])
-    return total
+                yield (task / name).read_text()
+
+
+def context_switches() -> int:
+    """Voluntary + involuntary context switches of every thread of this process so far
+    (threads that already ended are not counted)."""
+    return sum(
+        int(line.split()[1])
+        for status in _each_thread("status")
+        for line in status.splitlines()
+        if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"))
+    )
 
 
 def scheduler_seconds() -> tuple[float, float]:
@@ -251,12 +258,11 @@ def scheduler_seconds() -> tuple[float, float]:
     already ended are not counted). Waiting means runnable but not given a core:
     divided by a wall time, how many cores' worth the process wanted and did not get."""
     running = waiting = 0
-    with contextlib.suppress(OSError):
-        for task in Path("/proc/self/task").iterdir():
-            with contextlib.suppress(OSError, ValueError):
-                run_ns, wait_ns, _ = (int(x) for x in (task / "schedstat").read_text().split())
-                running += run_ns
-                waiting += wait_ns
+    for schedstat in _each_thread("schedstat"):
+        with contextlib.suppress(ValueError):
+            run_ns, wait_ns, _ = (int(x) for x in schedstat.split())
+            running += run_ns
+            waiting += wait_ns
     return running / 1e9, waiting / 1e9
 
 
