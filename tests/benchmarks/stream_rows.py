@@ -681,8 +681,7 @@ def main() -> None:
             print(f"  loaded {expected_rows:,} rows in {load_seconds:.1f} s", flush=True)
             # Unmeasured full scans warm the server (JIT, caches) for every phase, for as
             # long as point_reads.py warms it: after one scan the node still ran the
-            # next phases' streams at a third of its warm speed, and their loop-lag
-            # probes met its pauses.
+            # next phases' streams at about a third of its warm speed.
             warm_began = time.perf_counter()
             warm_scans = 0
             while warm_scans == 0 or time.perf_counter() - warm_began < server_warmup_s:
