@@ -16,11 +16,13 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 from cassandra import InvalidRequest, OperationTimedOut
-from cassandra.cluster import ResponseFuture
+from cassandra.cluster import NoHostAvailable, ResponseFuture
+from cassandra.connection import ConnectionException
 
 from . import _driver
 from ._backends import Waiter
 from ._portal import InFlightLimiter, Portal
+from .connection import loop_gone_hint
 from .exceptions import TimeoutError, translate_driver_error
 
 __all__ = [
@@ -340,7 +342,11 @@ class DriverRequest:
         if isinstance(error, InvalidRequest) and "disable paging" in str(error):
             return "execute(..., fetch_size=0) runs the statement unpaged"
         future = self._future
-        if not isinstance(error, OperationTimedOut) or future is None:
+        if future is None:
+            return None
+        if isinstance(error, (NoHostAvailable, ConnectionException)):
+            return loop_gone_hint(future.session.cluster)
+        if not isinstance(error, OperationTimedOut):
             return None
         # The driver's OperationTimedOut says only "errors={...}, last_host=...".
         timeout = future.timeout

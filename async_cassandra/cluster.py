@@ -22,6 +22,7 @@ from . import _driver
 from ._observing import checked_observers
 from ._offloop import OffLoopCalls
 from ._resources import CLOSE_TIMEOUT, SessionResources, close_in_exit, close_within
+from .connection import EventLoopConnection, bind_to_running_loop, close_reactor
 from .constants import DEFAULT_CONNECTION_TIMEOUT
 from .exceptions import (
     AuthenticationError,
@@ -247,6 +248,19 @@ class AsyncCluster:
             if value is not None:
                 options[name] = value
         options.update(driver_kwargs)
+        chosen = options.get("connection_class")
+        # Bound to the loop of the first connect() (see async_cassandra.connection).
+        self._loop_io_class: type[EventLoopConnection] | None = (
+            chosen if isinstance(chosen, type) and issubclass(chosen, EventLoopConnection) else None
+        )
+        self._loop_io_bound: type[EventLoopConnection] | None = None
+        if self._loop_io_class is not None and (
+            options.get("ssl_context") is not None or options.get("ssl_options")
+        ):
+            raise ConfigurationError(
+                "connection_class=EventLoopConnection does not do TLS: drop ssl_context / "
+                "ssl_options, or connection_class (the default connection does TLS)"
+            )
         if "connection_class" not in options:
             # The driver's libev connection, writing a lone request from the sending
             # thread (see _driver.DirectWriteConnection); None keeps the driver's choice.
@@ -382,6 +396,10 @@ class AsyncCluster:
         # forgotten firewall rule from hanging start-up forever.
         limit = timeout if timeout is not None else DEFAULT_CONNECTION_TIMEOUT
         await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled scope connects nothing
+        if self._loop_io_class is not None and self._loop_io_bound is None:
+            # Before the driver makes its first connection: this loop serves them all.
+            self._loop_io_bound = bind_to_running_loop(self._loop_io_class)
+            self._cluster.connection_class = self._loop_io_bound
         try:
             with anyio.move_on_after(limit) as scope:
                 try:
@@ -472,6 +490,8 @@ class AsyncCluster:
             "cluster shutdown",
             also_wait=[resources.offloop for resources in sessions],
         )
+        if finished and self._loop_io_bound is not None:
+            close_reactor(self._loop_io_bound)  # its connections are closed now
         if not finished:
             raise TimeoutError(
                 f"shutting down the cluster did not finish within {timeout:g} s; the "

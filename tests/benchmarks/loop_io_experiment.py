@@ -11,10 +11,10 @@ Three connection classes, alternated round by round in fresh processes:
   there and every completion crosses to the event loop's thread.
 - ``direct``: the library's default, ``_driver.DirectWriteConnection``: the same, except
   that a request alone on its connection is written by the sending thread.
-- ``loop`` (asyncio only): :class:`LoopConnection`, a minimal prototype whose socket is a
-  reader/writer of the running asyncio loop, whose writes of one turn of the loop go
-  out in one ``send``, and whose timers are the loop's ``call_later``: no reactor
-  thread, no hand-off (one loop per process, the loop must outlive the cluster).
+- ``loop``: the opt-in ``async_cassandra.connection.EventLoopConnection``: the socket
+  is served by the running loop (asyncio's reader/writer callbacks, trio's system
+  tasks), the writes of one turn of the loop go out in one ``send``, and the driver's
+  timers are the loop's: no reactor thread, no hand-off.
 
 Prepared point reads at 1, 64 and 256 in flight; reported: ops/s, CPU µs per request
 (the whole process), context switches per request (all its threads), loop lag p50/p99
@@ -22,23 +22,18 @@ Prepared point reads at 1, 64 and 256 in flight; reported: ops/s, CPU µs per re
 spent runnable in the run queue (``_bench.scheduler_seconds``). Results:
 ``bench-results/loop_io_experiment.json`` (``loop_io_experiment_trio.json`` on trio).
 
-One thing the prototype had to learn from the driver's own reactors: read until a
-short read. The driver's protocol v5 segment decoder drops a partial segment header
-left at the end of its buffer (``_process_segment_buffer`` resets the buffer from its
-current position), which a single ``recv`` per readable event leaves behind under load;
-the stream then fails with "CRC mismatch on header".
+Until this experiment's prototype became ``EventLoopConnection``, ``loop`` was an
+asyncio-only sketch of it; the figures of ``docs/benchmarks/loop_io_vs_direct_*.json``
+and ``loop_io_experiment*.json`` were measured with that sketch.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from typing import Any
 
@@ -54,7 +49,6 @@ from _bench import (
     scheduler_seconds,
     write_json,
 )
-from cassandra.connection import Connection, ConnectionShutdown, Timer
 from cassandra.io.libevreactor import LibevConnection
 
 KEYSPACE = "acs_bench_loop_io"
@@ -62,179 +56,19 @@ CONCURRENCY = (1, 64, 256)
 CLASSES = ("queue", "direct", "loop")
 
 
-class LoopTimer(Timer):
-    """The driver's ``Timer``, fired by the loop's ``call_later``."""
-
-    def __init__(self, timeout: float, callback: Any) -> None:
-        super().__init__(timeout, callback)
-        self._handle: asyncio.TimerHandle | None = None
-        loop = LoopConnection.loop
-        assert loop is not None
-        if threading.get_ident() == LoopConnection.loop_thread:
-            self._handle = loop.call_later(timeout, self._fire)
-        else:  # armed by a driver thread (control connection, pool setup)
-            loop.call_soon_threadsafe(self._arm, timeout)
-
-    def _arm(self, timeout: float) -> None:
-        assert LoopConnection.loop is not None
-        if not self.canceled:
-            self._handle = LoopConnection.loop.call_later(timeout, self._fire)
-
-    def _fire(self) -> None:
-        self._handle = None
-        if not self.canceled:
-            self.callback()
-
-    def cancel(self) -> None:
-        self.canceled = True
-        handle, self._handle = self._handle, None
-        if handle is None:
-            return
-        if threading.get_ident() == LoopConnection.loop_thread:
-            handle.cancel()
-        else:
-            assert LoopConnection.loop is not None
-            LoopConnection.loop.call_soon_threadsafe(handle.cancel)
-
-
-class LoopConnection(Connection):  # type: ignore[misc]
-    """A driver connection served by the running asyncio loop (set ``loop`` and
-    ``loop_thread`` before the cluster connects)."""
-
-    loop: asyncio.AbstractEventLoop | None = None
-    loop_thread: int | None = None
-
-    @classmethod
-    def initialize_reactor(cls) -> None:
-        pass  # the application's loop is the reactor
-
-    @classmethod
-    def create_timer(cls, timeout: float, callback: Any) -> LoopTimer:
-        return LoopTimer(timeout, callback)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        Connection.__init__(self, *args, **kwargs)
-        self._out: list[Any] = []
-        self._flushing = False
-        self._connect_socket()
-        self._socket.setblocking(False)
-        self._fd = self._socket.fileno()
-        assert self.loop is not None
-        self.loop.call_soon_threadsafe(self.loop.add_reader, self._fd, self._on_readable)
-        self._send_options_message()
-
-    def push(self, data: bytes) -> None:
-        assert self.loop is not None
-        if threading.get_ident() == self.loop_thread:
-            self._queue(data)
-        else:
-            self.loop.call_soon_threadsafe(self._queue, data)
-
-    def _queue(self, data: bytes) -> None:
-        # Every message of this turn goes out in one send, in the turn's last callback.
-        if self.is_closed:
-            return
-        self._out.append(data)
-        if not self._flushing:
-            self._flushing = True
-            assert self.loop is not None
-            self.loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        out = self._out
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        try:
-            sent = self._socket.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as error:
-            self._flushing = False
-            self.defunct(error)
-            return
-        if sent < len(data):
-            out.append(memoryview(data)[sent:])
-            assert self.loop is not None
-            self.loop.add_writer(self._fd, self._on_writable)
-        else:
-            self._flushing = False
-
-    def _on_writable(self) -> None:
-        assert self.loop is not None
-        data = b"".join(self._out)
-        self._out.clear()
-        try:
-            sent = self._socket.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as error:
-            self.loop.remove_writer(self._fd)
-            self.defunct(error)
-            return
-        if sent < len(data):
-            self._out.append(memoryview(data)[sent:])
-            return
-        self.loop.remove_writer(self._fd)
-        self._flushing = False
-
-    def _on_readable(self) -> None:
-        # Until a short read: see the module's docstring.
-        assert self.loop is not None
-        size = self.in_buffer_size
-        got = 0
-        while True:
-            try:
-                chunk = self._socket.recv(size)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as error:
-                self.loop.remove_reader(self._fd)
-                self.defunct(error)
-                return
-            if not chunk:
-                self.loop.remove_reader(self._fd)
-                self.close()
-                return
-            self._iobuf.write(chunk)
-            got += len(chunk)
-            if len(chunk) < size:
-                break
-        if got:
-            self.process_io_buffer()
-
-    def close(self) -> None:
-        with self.lock:
-            if self.is_closed:
-                return
-            self.is_closed = True
-        assert self.loop is not None
-        with contextlib.suppress(RuntimeError):  # the loop is closed already
-            self.loop.call_soon_threadsafe(self._close)
-
-    def _close(self) -> None:
-        assert self.loop is not None
-        self.loop.remove_reader(self._fd)
-        self.loop.remove_writer(self._fd)
-        self._socket.close()
-        if not self.is_defunct:
-            self.error_all_requests(ConnectionShutdown(f"Connection to {self.endpoint} was closed"))
-            self.connected_event.set()
-
-
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     """One measurement in this process: a fresh cluster with one connection class."""
     import anyio
 
     from async_cassandra import AsyncCluster
+    from async_cassandra.connection import EventLoopConnection
 
     async def main() -> dict[str, Any]:
         options: dict[str, Any] = {}
         if spec["connection"] == "queue":
             options["connection_class"] = LibevConnection
         if spec["connection"] == "loop":
-            LoopConnection.loop = asyncio.get_running_loop()
-            LoopConnection.loop_thread = threading.get_ident()
-            options["connection_class"] = LoopConnection
+            options["connection_class"] = EventLoopConnection
         async with (
             AsyncCluster(spec["contact_points"], port=spec["port"], **options) as cluster,
             await cluster.connect() as session,
@@ -297,8 +131,6 @@ def main() -> None:
         print(json.dumps(child(json.loads(args.child))))
         return
     classes = tuple(args.classes.split(",")) if args.classes else CLASSES
-    if args.backend == "trio":
-        classes = tuple(name for name in classes if name != "loop")  # asyncio only
     if not classes or set(classes) - set(CLASSES):
         parser.error(f"--classes: choose from {', '.join(CLASSES)}")
     rounds = args.rounds or (1 if args.quick else 4)

@@ -1,0 +1,450 @@
+"""The event loop as the driver's reactor: socket I/O and timers of the opt-in
+:class:`~async_cassandra.connection.EventLoopConnection`, for asyncio and for trio.
+
+The driver's own reactors run on a thread of their own. Here the loop that connected the
+cluster does the work: asyncio through ``add_reader`` / ``add_writer`` / ``call_at``;
+trio, which has no callbacks on readiness, through two system tasks per connection (one
+waits until the socket is readable, one writes what was queued in the last scheduler
+batch) and one system task per cluster for the timers. Like ``_backends``, this is the
+only place that knows the two backends apart for this feature.
+
+Everything here runs on the loop's thread, except the entry points that say otherwise;
+other threads reach the loop through :meth:`run_soon` (``call_soon_threadsafe``,
+``TrioToken.run_sync_soon``), which raises ``ConnectionShutdown`` once the loop is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from anyio.lowlevel import current_token
+from cassandra.connection import ConnectionShutdown, Timer
+
+try:  # trio is an optional extra
+    import trio
+except ImportError:  # pragma: no cover - exercised only without the extra
+    trio = None  # type: ignore[assignment]
+
+__all__ = ["ConnectionIO", "LoopTimer", "Reactor", "reactor_for_running_loop"]
+
+log = logging.getLogger(__name__)
+
+
+class ReadyConnection(Protocol):
+    """What the reactor needs of a connection (``EventLoopConnection``)."""
+
+    _socket: Any
+    endpoint: Any
+
+    def handle_readable(self) -> bool: ...
+    def defunct(self, exc: BaseException) -> Any: ...
+
+
+def loop_gone(what: str) -> ConnectionShutdown:
+    """The error of a connection whose loop has closed (or whose run has finished)."""
+    return ConnectionShutdown(
+        f"the {what} that served this connection is gone: a cluster made with "
+        "connection_class=EventLoopConnection does its I/O on the event loop that "
+        "connected it; keep that loop running until the cluster is shut down"
+    )
+
+
+class ConnectionIO(Protocol):
+    """One connection's socket on the loop. Methods on the loop thread only."""
+
+    def start(self) -> None: ...
+    def send(self, data: bytes) -> None: ...
+    def close(self) -> None: ...
+
+
+class Reactor(Protocol):
+    """The loop one cluster's connections and timers are served by."""
+
+    thread_id: int
+    # time.time() minus the loop's clock, read once: the driver's timers end at a
+    # time.time(), and converting each with this one offset keeps their order exact.
+    wall_minus_loop: float
+
+    @property
+    def gone(self) -> bool:
+        """Whether the loop has closed (asyncio) or its run has finished (trio)."""
+        ...
+
+    def run_soon(self, fn: Callable[..., None], *args: Any) -> None:
+        """Call ``fn(*args)`` on the loop soon. Any thread, never blocking; raises
+        ``ConnectionShutdown`` when the loop is gone."""
+        ...
+
+    def io_for(self, connection: ReadyConnection) -> ConnectionIO:
+        """A (not yet started) I/O handle for ``connection``'s connected socket. Any
+        thread."""
+        ...
+
+    def call_at(self, when: float, fn: Callable[[], None]) -> Any:
+        """Call ``fn`` once the loop's clock reaches ``when``; returns a handle with
+        ``cancel()``. Loop thread."""
+        ...
+
+    def close(self) -> None:
+        """Stop what the reactor itself runs (trio's timer task). Loop thread."""
+        ...
+
+
+def call_on_loop(reactor: Reactor, fn: Callable[..., None], *args: Any) -> None:
+    """``fn(*args)`` now when on the loop's thread, else soon on it (see ``run_soon``)."""
+    if threading.get_ident() == reactor.thread_id:
+        fn(*args)
+    else:
+        reactor.run_soon(fn, *args)
+
+
+class LoopTimer(Timer):  # type: ignore[misc]
+    """The driver's ``Timer`` (a request's timeout, a speculative execution), fired by
+    the loop. Made on any thread; a timer made off the loop is armed when the loop gets
+    to it, for what is left of its time."""
+
+    def __init__(self, timeout: float, callback: Callable[[], None], reactor: Reactor) -> None:
+        super().__init__(timeout, callback)
+        self._reactor = reactor
+        self._handle: Any = None
+        # If the loop is gone, so is every connection the timer's request could use,
+        # and the request fails for that reason.
+        with contextlib.suppress(ConnectionShutdown):
+            call_on_loop(reactor, self._arm)
+
+    def _arm(self) -> None:
+        if not self.canceled:
+            reactor = self._reactor
+            self._handle = reactor.call_at(self.end - reactor.wall_minus_loop, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        if self.canceled:
+            return
+        try:
+            self.callback()
+        except Exception:
+            # Never into the loop: an error here would end a trio run.
+            log.exception("a driver timer's callback failed")
+
+    def cancel(self) -> None:
+        # Any thread (the driver cancels a request's timer where its answer arrives).
+        # Off the loop the flag alone is enough: _fire checks it when the time comes.
+        self.canceled = True
+        if threading.get_ident() == self._reactor.thread_id:
+            handle, self._handle = self._handle, None
+            if handle is not None:
+                handle.cancel()
+
+
+# -- asyncio -------------------------------------------------------------------------
+
+
+class _AsyncioReactor:
+    __slots__ = ("_loop", "thread_id", "wall_minus_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.thread_id = threading.get_ident()
+        self.wall_minus_loop = time.time() - loop.time()
+
+    @property
+    def gone(self) -> bool:
+        return self._loop.is_closed()
+
+    def run_soon(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            # Thread-safe by contract: queues the call and writes to the self-pipe.
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # "Event loop is closed"
+            raise loop_gone("asyncio event loop") from None
+
+    def io_for(self, connection: ReadyConnection) -> ConnectionIO:
+        return _AsyncioIO(self._loop, connection)
+
+    def call_at(self, when: float, fn: Callable[[], None]) -> Any:
+        return self._loop.call_at(when, fn)
+
+    def close(self) -> None:
+        pass  # nothing of its own runs: the loop's timers and readers belong to the loop
+
+
+class _AsyncioIO:
+    """A socket served by an asyncio loop's reader and writer callbacks."""
+
+    __slots__ = (
+        "_closed",
+        "_connection",
+        "_fd",
+        "_flushing",
+        "_loop",
+        "_out",
+        "_socket",
+        "_waiting_writable",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, connection: ReadyConnection) -> None:
+        self._loop = loop
+        self._connection = connection
+        self._socket = connection._socket
+        self._fd = self._socket.fileno()
+        self._out: list[Any] = []
+        # A flush is scheduled, or the socket was full and the writer callback waits
+        # for it: either way what send() queues goes out with it.
+        self._flushing = False
+        self._waiting_writable = False  # a writer callback waits for the socket
+        self._closed = False
+
+    def start(self) -> None:
+        if not self._closed:
+            self._loop.add_reader(self._fd, self._connection.handle_readable)
+
+    def send(self, data: bytes) -> None:
+        if self._closed:
+            return  # the connection's requests were failed when it closed
+        self._out.append(data)
+        if not self._flushing:
+            self._flushing = True
+            # Written after the current turn's other callbacks: every message the
+            # tasks resumed in this turn send goes out in one send().
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        if self._closed:
+            return
+        out = self._out
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        try:
+            sent = self._socket.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as error:
+            self._connection.defunct(error)
+            return
+        if sent < len(data):
+            out.append(memoryview(data)[sent:])
+            if not self._waiting_writable:
+                self._waiting_writable = True
+                self._loop.add_writer(self._fd, self._flush)
+            return
+        if self._waiting_writable:
+            self._waiting_writable = False
+            self._loop.remove_writer(self._fd)
+        self._flushing = False
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._out.clear()
+        self._loop.remove_reader(self._fd)
+        self._loop.remove_writer(self._fd)
+        self._socket.close()
+
+
+# -- trio ------------------------------------------------------------------------------
+
+
+class _TrioTimerHandle:
+    __slots__ = ("_fn", "_reactor", "cancelled")
+
+    def __init__(self, fn: Callable[[], None], reactor: _TrioReactor) -> None:
+        self._fn = fn
+        self._reactor = reactor
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        if not self.cancelled:
+            self.cancelled = True
+            self._reactor.timer_cancelled()
+
+
+class _TrioReactor:
+    """A trio run as a reactor: ``run_sync_soon`` in, and a system task for timers."""
+
+    # A heap holding more cancelled timers than this, and more than live ones, is
+    # rebuilt: every request arms a timer (its timeout, 10 s by default) and nearly all
+    # are cancelled long before they are due.
+    _COMPACT_AFTER = 256
+
+    def __init__(self, token: Any) -> None:
+        self._token = token
+        self.thread_id = threading.get_ident()
+        self.wall_minus_loop = time.time() - trio.current_time()
+        self._gone = False
+        self._timers: list[tuple[float, int, _TrioTimerHandle]] = []
+        self._order = itertools.count()  # ties: first armed, first fired
+        self._cancelled = 0
+        self._timer_scope: Any = None
+        self._closed = False
+        trio.lowlevel.spawn_system_task(self._run_timers, name="async-cassandra timers")
+
+    def run_soon(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            # Documented as safe from any thread, never blocking.
+            self._token.run_sync_soon(fn, *args)
+        except trio.RunFinishedError:
+            self._gone = True
+            raise loop_gone("trio run") from None
+
+    @property
+    def gone(self) -> bool:
+        return self._gone
+
+    def io_for(self, connection: ReadyConnection) -> ConnectionIO:
+        return _TrioIO(connection)
+
+    def call_at(self, when: float, fn: Callable[[], None]) -> Any:
+        handle = _TrioTimerHandle(fn, self)
+        heapq.heappush(self._timers, (when, next(self._order), handle))
+        scope = self._timer_scope
+        if scope is not None and when < scope.deadline:
+            scope.deadline = when  # wakes the timer task earlier
+        return handle
+
+    def timer_cancelled(self) -> None:
+        self._cancelled += 1
+        timers = self._timers
+        if self._cancelled > self._COMPACT_AFTER and self._cancelled * 2 > len(timers):
+            timers[:] = [entry for entry in timers if not entry[2].cancelled]
+            heapq.heapify(timers)
+            self._cancelled = 0
+
+    async def _run_timers(self) -> None:
+        # A system task: it must never raise but Cancelled (at the end of the run).
+        try:
+            await self._fire_timers()
+        except trio.Cancelled:
+            self._gone = True  # the run is ending; close() ends this task without this
+            raise
+
+    async def _fire_timers(self) -> None:
+        timers = self._timers
+        while not self._closed:
+            with trio.CancelScope(deadline=timers[0][0] if timers else math.inf) as scope:
+                self._timer_scope = scope
+                await trio.sleep_forever()
+            self._timer_scope = None
+            now = trio.current_time()
+            while timers and timers[0][0] <= now:
+                _, _, handle = heapq.heappop(timers)
+                if handle.cancelled:
+                    self._cancelled -= 1
+                    continue
+                handle.cancelled = True  # fired: a later cancel() counts nothing
+                handle._fn()  # LoopTimer._fire: catches its own errors
+
+    def close(self) -> None:
+        self._closed = True
+        self._timers.clear()
+        if self._timer_scope is not None:
+            self._timer_scope.cancel()
+
+
+class _TrioIO:
+    """A socket served by two trio system tasks: a reader and a writer."""
+
+    def __init__(self, connection: ReadyConnection) -> None:
+        self._connection = connection
+        self._socket = connection._socket
+        self._out: list[Any] = []
+        self._parked_writer: Any = None  # the writer task while it waits for data
+        self._scopes = (trio.CancelScope(), trio.CancelScope())
+        self._closed = False
+
+    def start(self) -> None:
+        if self._closed:
+            return
+        name = f"async-cassandra connection to {self._connection.endpoint}"
+        trio.lowlevel.spawn_system_task(self._read, name=name + " (reader)")
+        trio.lowlevel.spawn_system_task(self._write, name=name + " (writer)")
+
+    def send(self, data: bytes) -> None:
+        if self._closed:
+            return  # the connection's requests were failed when it closed
+        self._out.append(data)
+        writer, self._parked_writer = self._parked_writer, None
+        if writer is not None:
+            # Runs in the next scheduler batch, after the tasks of this one: what they
+            # all send goes out in one send().
+            trio.lowlevel.reschedule(writer)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._out.clear()
+        for scope in self._scopes:
+            scope.cancel()
+        trio.lowlevel.notify_closing(self._socket)
+        self._socket.close()
+
+    async def _read(self) -> None:
+        connection = self._connection
+        try:
+            with self._scopes[0]:
+                while True:
+                    await trio.lowlevel.wait_readable(self._socket)
+                    if not connection.handle_readable():
+                        return
+        except trio.Cancelled:
+            self._lost_the_run()
+            raise
+        except (trio.ClosedResourceError, OSError):
+            return  # closed by close(), which said why
+
+    async def _write(self) -> None:
+        out = self._out
+        try:
+            with self._scopes[1]:
+                while True:
+                    if not out:
+                        self._parked_writer = trio.lowlevel.current_task()
+                        await trio.lowlevel.wait_task_rescheduled(self._unpark)
+                    data: Any = out[0] if len(out) == 1 else b"".join(out)
+                    out.clear()
+                    while data:
+                        try:
+                            sent = self._socket.send(data)
+                        except (BlockingIOError, InterruptedError):
+                            sent = 0
+                        except OSError as error:
+                            self._connection.defunct(error)
+                            return
+                        data = memoryview(data)[sent:]
+                        if data:
+                            await trio.lowlevel.wait_writable(self._socket)
+        except trio.Cancelled:
+            self._lost_the_run()
+            raise
+        except (trio.ClosedResourceError, OSError):
+            return
+
+    def _unpark(self, _raise_cancel: Any) -> Any:
+        self._parked_writer = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def _lost_the_run(self) -> None:
+        # Cancelled from outside our scopes: the run is ending with the connection open.
+        if not self._closed:
+            self._connection.defunct(loop_gone("trio run"))
+
+
+def reactor_for_running_loop() -> Reactor:
+    """A reactor on the running event loop (asyncio or trio). Loop thread."""
+    native = current_token().native_token
+    if isinstance(native, asyncio.AbstractEventLoop):
+        return _AsyncioReactor(native)
+    if trio is not None and isinstance(native, trio.lowlevel.TrioToken):
+        return _TrioReactor(native)
+    raise RuntimeError(f"async-cassandra supports asyncio and trio, not {type(native).__module__}")

@@ -1,0 +1,225 @@
+"""Opt-in: the driver's connections served by the event loop's own thread.
+
+    from async_cassandra import AsyncCluster
+    from async_cassandra.connection import EventLoopConnection
+
+    async with AsyncCluster(["127.0.0.1"], connection_class=EventLoopConnection) as cluster:
+        ...
+
+By default the driver reads and writes its sockets on a reactor thread of its own, and
+every answer crosses from that thread into the event loop (a thread switch and a hand-off
+of the GIL each time). With :class:`EventLoopConnection` the loop that calls
+:meth:`AsyncCluster.connect` does that I/O itself, asyncio through its reader and writer
+callbacks and trio through system tasks that wait for the socket, and the driver's
+timers (request timeouts, speculative executions) are the loop's timers. Nothing
+crosses threads on a request's path.
+
+What it buys and what it costs (point reads against one local node, medians of
+alternated rounds, ``tests/benchmarks/point_reads.py``; figures in the README): on a
+machine whose cores are not busy with other work, more requests per second at 64 and 256
+in flight and less CPU per request, because one thread does everything; but one thread
+is also all it gets, so beside other processes that keep the cores busy at the same
+priority it served 0.7-0.8 times as many requests as the default, which spreads the
+work over two threads (``docs/benchmarks/loop_io_vs_direct_busy.json``).
+
+The rules that come with it:
+
+* The connections belong to the loop that first connected the cluster (the cluster's
+  first :meth:`~AsyncCluster.connect`). Other loops, in other threads, may use its
+  sessions: their requests are handed to that loop. That loop must keep running until
+  the cluster is shut down; once it has closed (asyncio) or its run has finished (trio),
+  requests fail with :class:`~async_cassandra.ConnectionError` saying so, and
+  :meth:`~AsyncCluster.shutdown` still works. So not for a cluster shared across
+  per-test event loops (pytest-asyncio's default), nor across ``asyncio.run`` calls.
+* Never blocks the loop: the driver opens connections on its own threads (connecting,
+  reconnecting), and only those threads wait for a connection to be ready. A
+  connection asked for on the loop's thread fails at once instead of waiting for the
+  loop it blocks.
+* No TLS (``ssl_context`` / ``ssl_options``): :class:`AsyncCluster` raises
+  :class:`~async_cassandra.ConfigurationError` for the pair.
+
+Cancellation and deadlines behave as with the default connection: they act on the
+``await``, never on the socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any, ClassVar
+
+from cassandra.connection import Connection, ConnectionException, ConnectionShutdown
+
+from ._loop_reactor import LoopTimer, Reactor, call_on_loop, reactor_for_running_loop
+
+__all__ = ["EventLoopConnection"]
+
+_UNBOUND = (
+    "EventLoopConnection is served by an event loop, so it works only through "
+    "AsyncCluster(..., connection_class=EventLoopConnection), which binds it to the loop "
+    "that connects; a driver Cluster cannot use it"
+)
+
+
+class EventLoopConnection(Connection):  # type: ignore[misc]
+    """A driver connection (``cassandra.connection.Connection``) whose socket I/O and
+    timers run on the event loop that connected the cluster. Pass it as
+    ``AsyncCluster(..., connection_class=EventLoopConnection)``; see the module's
+    documentation for what it changes and the rules that come with it.
+    """
+
+    # Set on the subclass that :func:`bind_to_running_loop` makes for one cluster.
+    _reactor: ClassVar[Reactor | None] = None
+
+    @classmethod
+    def initialize_reactor(cls) -> None:
+        # Called by the driver's Cluster.connect; the loop is the reactor.
+        if cls._reactor is None:
+            raise ConnectionException(_UNBOUND)
+
+    @classmethod
+    def handle_fork(cls) -> None:
+        pass  # nothing of the driver's runs in a thread for it
+
+    @classmethod
+    def create_timer(cls, timeout: float, callback: Any) -> LoopTimer:
+        # Any thread: the driver arms a request's timer where it sends the request.
+        reactor = cls._reactor
+        if reactor is None:
+            raise ConnectionException(_UNBOUND)
+        return LoopTimer(timeout, callback, reactor)
+
+    @classmethod
+    def factory(cls, endpoint: Any, timeout: float, *args: Any, **kwargs: Any) -> Any:
+        # The driver's factory waits (blocking) until the connection is ready, which
+        # the loop makes it: on the loop's own thread that wait could never end.
+        reactor = cls._reactor
+        if reactor is None:
+            raise ConnectionException(_UNBOUND)
+        if _on_loop_thread(reactor):
+            raise ConnectionException(
+                "a connection was asked for on the event loop's thread, which would "
+                "block the loop that serves it (EventLoopConnection)",
+                endpoint,
+            )
+        return super().factory(endpoint, timeout, *args, **kwargs)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # A driver thread (the factory refuses the loop's).
+        reactor = self._reactor
+        if reactor is None:
+            raise ConnectionException(_UNBOUND)
+        super().__init__(*args, **kwargs)
+        if self.ssl_context is not None:
+            raise ConnectionException(
+                "EventLoopConnection does not do TLS; use the default connection_class "
+                "with ssl_context",
+                self.endpoint,
+            )
+        self._connect_socket()  # blocking, bounded by connect_timeout, on this thread
+        self._socket.setblocking(False)
+        self._loop_reactor: Reactor = reactor
+        self._io = reactor.io_for(self)
+        try:
+            call_on_loop(reactor, self._io.start)
+        except ConnectionShutdown:
+            self._socket.close()
+            raise
+        self._send_options_message()
+
+    def push(self, data: bytes) -> None:
+        # Any thread: the loop's (requests), other loops' threads and the driver's
+        # (heartbeats, control queries). Each message is queued whole, in order per
+        # thread, so messages never interleave on the wire.
+        try:
+            call_on_loop(self._loop_reactor, self._io.send, data)
+        except ConnectionShutdown as gone:
+            self.defunct(gone)
+
+    def close(self) -> None:
+        # Any thread.
+        with self.lock:
+            if self.is_closed:
+                return
+            self.is_closed: bool = True
+        try:
+            call_on_loop(self._loop_reactor, self._io.close)
+        except ConnectionShutdown:
+            self._socket.close()  # the loop is gone, and its readers with it
+        if not self.is_defunct:
+            # As the driver's connections do: no request is left waiting.
+            self.error_all_requests(ConnectionShutdown(f"Connection to {self.endpoint} was closed"))
+
+    def handle_readable(self) -> bool:
+        """Read what the socket holds and hand complete messages to the driver. The
+        loop's thread, when the socket is readable. False once the connection is
+        closed (the reader stops)."""
+        size = self.in_buffer_size
+        buffer = self._iobuf
+        got = False
+        ended = False
+        # Until a short read, as the driver's reactors do: the driver's protocol v5
+        # segment decoder loses a partial segment header left at the end of its buffer
+        # ("CRC mismatch on header" under load with one recv per readable event).
+        while True:
+            try:
+                chunk = self._socket.recv(size)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as error:
+                self.defunct(error)
+                return False
+            if not chunk:
+                ended = True
+                break
+            buffer.write(chunk)
+            got = True
+            if len(chunk) < size:
+                break
+        if got:
+            try:
+                self.process_io_buffer()
+            except Exception as error:  # a corrupt frame: what the driver's reactors do
+                self.defunct(error)
+                return False
+        if ended:
+            closed = f"Connection to {self.endpoint} was closed by the server"
+            self.defunct(ConnectionShutdown(closed))
+            return False
+        return not self.is_closed
+
+
+def _on_loop_thread(reactor: Reactor) -> bool:
+    return threading.get_ident() == reactor.thread_id
+
+
+def bind_to_running_loop(connection_class: type[EventLoopConnection]) -> type[EventLoopConnection]:
+    """A subclass of ``connection_class`` served by the running event loop, for one
+    cluster. Loop thread."""
+    reactor = reactor_for_running_loop()
+    return type(connection_class.__name__, (connection_class,), {"_reactor": reactor})
+
+
+def loop_gone_hint(cluster: Any) -> str | None:
+    """What to do when ``cluster`` (a driver ``Cluster``) failed a request because the
+    event loop serving its connections is gone; None for any other cluster."""
+    reactor: Reactor | None = getattr(cluster.connection_class, "_reactor", None)
+    if reactor is None or not reactor.gone:
+        return None
+    return (
+        "This cluster's connections (connection_class=EventLoopConnection) were served by "
+        "the event loop that connected it, which has closed or finished: keep that loop "
+        "running until the cluster is shut down, or use the default connection_class, "
+        "whose I/O does not depend on any loop"
+    )
+
+
+def close_reactor(bound: type[EventLoopConnection]) -> None:
+    """Stop what the reactor of a class made by :func:`bind_to_running_loop` runs of
+    its own; after the cluster's connections are closed. Any thread; nothing to do
+    when the loop is gone."""
+    reactor = bound._reactor
+    if reactor is None:
+        return
+    with contextlib.suppress(ConnectionShutdown):
+        call_on_loop(reactor, reactor.close)

@@ -1,0 +1,340 @@
+"""The opt-in ``EventLoopConnection``: the driver's socket I/O and timers on the event
+loop that connected the cluster, on asyncio and on trio.
+
+Against the run's node: requests and their answers never leave the loop's thread; a
+message larger than the socket takes arrives whole; a frozen node times requests out on
+the loop's timers; a connection the server closes fails its requests clearly and is
+replaced; loops in other threads use the sessions; once the loop is gone, requests fail
+saying so and the cluster still shuts down. Without a node: the timers, the misuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+from _helpers import wait_until
+from cassandra import OperationTimedOut
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+from cassandra.connection import ConnectionException
+from cassandra.policies import RoundRobinPolicy
+
+from async_cassandra import (
+    AsyncCassandraSession,
+    AsyncCluster,
+    ConfigurationError,
+    ConnectionError,
+)
+from async_cassandra._loop_reactor import LoopTimer, reactor_for_running_loop
+from async_cassandra.connection import EventLoopConnection
+from async_cassandra.streaming import StreamConfig
+from async_cassandra.testing import LocalCassandra
+
+pytestmark = pytest.mark.anyio
+
+
+def pool_connections(session: AsyncCassandraSession) -> list[Any]:
+    """The session's connections to its nodes (the driver's public pool API)."""
+    return [
+        connection
+        for pool in session.driver_session.get_pools()
+        for connection in pool.get_connections()
+    ]
+
+
+@pytest.fixture
+async def loop_session(cassandra_node: Any) -> AsyncIterator[AsyncCassandraSession]:
+    """A cluster of the test's own, served by the test's loop."""
+    async with (
+        AsyncCluster(
+            cassandra_node.contact_points,
+            port=cassandra_node.port,
+            connection_class=EventLoopConnection,
+        ) as cluster,
+        await cluster.connect() as session,
+    ):
+        yield session
+
+
+async def test_answers_are_read_and_completed_on_the_loops_thread(
+    loop_session: AsyncCassandraSession, ks: str
+) -> None:
+    session = loop_session
+    connections = pool_connections(session)
+    assert connections
+    assert all(isinstance(c, EventLoopConnection) for c in connections)
+    await session.execute(f"CREATE TABLE {ks}.kv (id int PRIMARY KEY, v text)")
+    insert = await session.prepare(f"INSERT INTO {ks}.kv (id, v) VALUES (?, ?)")
+    select = await session.prepare(f"SELECT id, v FROM {ks}.kv WHERE id = ?")
+    loop_thread = threading.get_ident()
+    completed_on: set[int] = set()
+    # The driver's hook sees each request; its callbacks run where the answer is read
+    # (a schema change's, made above, completes on the driver's executor after the
+    # schema agreement wait).
+    session.driver_session.add_request_init_listener(
+        lambda future: future.add_callbacks(
+            lambda _rows: completed_on.add(threading.get_ident()),
+            lambda _error: completed_on.add(threading.get_ident()),
+        )
+    )
+    keys = 300
+    async with anyio.create_task_group() as tasks:
+        for key in range(keys):
+            tasks.start_soon(session.execute, insert, [key, f"value {key}"])
+    wrong: list[str] = []
+
+    async def read(key: int) -> None:
+        row = (await session.execute(select, [key])).one()
+        if row is None or row.v != f"value {key}":
+            wrong.append(f"{key}: {row!r}")
+
+    async with anyio.create_task_group() as tasks:
+        for key in range(keys):
+            tasks.start_soon(read, key)
+    assert wrong == []
+    assert completed_on == {loop_thread}
+    rows = 0
+    query, config = f"SELECT * FROM {ks}.kv", StreamConfig(fetch_size=50)
+    async with await session.execute_stream(query, stream_config=config) as stream:
+        async for _row in stream:
+            rows += 1
+    assert rows == keys
+
+
+async def test_a_message_larger_than_the_socket_takes_arrives_whole(
+    loop_session: AsyncCassandraSession, ks: str
+) -> None:
+    # More than a socket buffer holds (net.core.wmem_max): written in parts as the
+    # loop finds the socket writable again, with small requests queued behind it.
+    session = loop_session
+    size = 12 * 1024 * 1024  # under the node's largest mutation, 16 MiB
+    buffers = [
+        c._socket.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) for c in pool_connections(session)
+    ]
+    assert size > max(buffers)
+    await session.execute(f"CREATE TABLE {ks}.blobs (id int PRIMARY KEY, data blob)")
+    insert = await session.prepare(f"INSERT INTO {ks}.blobs (id, data) VALUES (?, ?)")
+    select = await session.prepare(f"SELECT data FROM {ks}.blobs WHERE id = ?")
+    big = bytes(range(256)) * (size // 256)
+    small = {key: key.to_bytes(4, "big") * 100 for key in range(1, 21)}
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(session.execute, insert, [0, big])
+            await anyio.wait_all_tasks_blocked()
+            for key, value in small.items():
+                tasks.start_soon(session.execute, insert, [key, value])
+        row = (await session.execute(select, [0])).one()
+    assert row is not None
+    assert row.data == big
+    for key, value in small.items():
+        row = (await session.execute(select, [key])).one()
+        assert row is not None
+        assert row.data == value
+
+
+async def test_a_frozen_node_times_requests_out_on_the_loops_timer(
+    pausable_node: LocalCassandra,
+) -> None:
+    profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy(), request_timeout=0.3)
+    async with (
+        AsyncCluster(
+            pausable_node.contact_points,
+            port=pausable_node.native_port,
+            connection_class=EventLoopConnection,
+            execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+        ) as cluster,
+        await cluster.connect() as session,
+    ):
+        pausable_node.pause()  # the server cannot answer now
+        try:
+            # The bound only turns a timer that never fires into a failure.
+            with pytest.raises(TimeoutError) as raised, anyio.fail_after(30):
+                await session.execute("SELECT * FROM system.local")
+        finally:
+            pausable_node.resume()
+        # The driver's timer fired (not a deadline of ours: none was given).
+        assert isinstance(raised.value.__cause__, OperationTimedOut)
+        assert session.requests_in_flight == 0
+        with anyio.fail_after(30):
+            row = (await session.execute("SELECT release_version FROM system.local")).one()
+        assert row is not None
+
+
+async def test_a_connection_the_server_closes_fails_clearly_and_is_replaced(
+    loop_session: AsyncCassandraSession,
+) -> None:
+    session = loop_session
+    (connection,) = pool_connections(session)
+    # What a node that goes away does to the socket: the loop reads the end of it.
+    connection._socket.shutdown(socket.SHUT_RDWR)
+    await wait_until(lambda: connection.is_defunct, "the connection is found closed")
+    assert "closed by the server" in str(connection.last_error)
+    # The driver then marks the host down and reconnects in the background: until it
+    # has, requests fail as ConnectionError (never hang, never another type).
+    failures = 0
+    with anyio.fail_after(60):
+        while True:
+            try:
+                row = (await session.execute("SELECT release_version FROM system.local")).one()
+            except ConnectionError:
+                failures += 1
+                await anyio.sleep(0.1)
+                continue
+            break
+    assert row is not None
+    assert all(c is not connection for c in pool_connections(session))
+    assert all(isinstance(c, EventLoopConnection) for c in pool_connections(session))
+
+
+@pytest.mark.parametrize("other_backend", ["asyncio", "trio"])
+async def test_loops_in_other_threads_use_its_sessions(
+    loop_session: AsyncCassandraSession, other_backend: str
+) -> None:
+    session = loop_session
+    select = await session.prepare("SELECT key FROM system.local WHERE key = ?")
+    answers: list[str | None] = []
+
+    async def reader() -> None:
+        for _ in range(50):
+            row = (await session.execute(select, ["local"])).one()
+            answers.append(row.key if row is not None else None)
+
+    def in_a_thread() -> None:
+        anyio.run(reader, backend=other_backend)
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tasks:
+            for _ in range(3):
+                tasks.start_soon(anyio.to_thread.run_sync, in_a_thread)
+            tasks.start_soon(reader)
+    assert answers == ["local"] * 200
+
+
+async def test_once_its_loop_is_gone_requests_fail_saying_so(
+    cassandra_node: Any, anyio_backend: tuple[str, dict[str, Any]]
+) -> None:
+    backend, options = anyio_backend
+    cluster = AsyncCluster(
+        cassandra_node.contact_points,
+        port=cassandra_node.port,
+        connection_class=EventLoopConnection,
+    )
+
+    async def connect_and_read() -> AsyncCassandraSession:
+        session = await cluster.connect()
+        assert (await session.execute("SELECT key FROM system.local")).one() is not None
+        return session
+
+    try:
+        # Connected, and so served, by a loop that then ends.
+        session = await anyio.to_thread.run_sync(
+            lambda: anyio.run(connect_and_read, backend=backend, backend_options=options)
+        )
+        with pytest.raises(ConnectionError) as raised, anyio.fail_after(30):
+            await session.execute("SELECT key FROM system.local")
+        assert "keep that loop running until the cluster is shut down" in str(raised.value)
+    finally:
+        with anyio.fail_after(30):
+            await cluster.shutdown()
+
+
+async def test_timers_fire_in_the_order_they_end_and_cancelled_ones_never() -> None:
+    reactor = reactor_for_running_loop()
+    fired: list[int] = []
+    done = anyio.Event()
+
+    def callback(index: int) -> Callable[[], None]:
+        def fire() -> None:
+            fired.append(index)
+            if index == 0:
+                done.set()
+
+        return fire
+
+    try:
+        # Made in the reverse of the order they end in; every third one kept.
+        timers = [LoopTimer(0.01 + 0.001 * (600 - i), callback(i), reactor) for i in range(1, 600)]
+        LoopTimer(0.7, callback(0), reactor)  # ends last: the test's end
+        for position, timer in enumerate(timers):
+            if position % 3:
+                timer.cancel()
+        with anyio.fail_after(30):
+            await done.wait()
+        kept = [i for i in range(1, 600) if (i - 1) % 3 == 0]
+        # In the order of the driver's own end times (time.time()), whatever the loop's
+        # clock: the loop's deadlines are those times less one offset.
+        by_end = sorted(kept, key=lambda i: (timers[i - 1].end, -i))
+        assert fired == [*by_end, 0]
+    finally:
+        reactor.close()
+
+
+async def test_a_timer_made_on_another_thread_fires_on_the_loop() -> None:
+    reactor = reactor_for_running_loop()
+    fired_on: list[int] = []
+    done = anyio.Event()
+
+    def fire() -> None:
+        fired_on.append(threading.get_ident())
+        done.set()
+
+    try:
+        await anyio.to_thread.run_sync(lambda: LoopTimer(0.01, fire, reactor))
+        with anyio.fail_after(30):
+            await done.wait()
+        assert fired_on == [threading.get_ident()]
+    finally:
+        reactor.close()
+
+
+async def test_cancelled_timers_are_not_held_until_due() -> None:
+    # Every request arms a timer for its timeout (10 s by default) and cancels it when
+    # the answer comes: the cancelled ones must not pile up.
+    reactor = reactor_for_running_loop()
+    try:
+        for _ in range(5000):
+            LoopTimer(600, lambda: None, reactor).cancel()
+        await anyio.lowlevel.checkpoint()  # asyncio drops cancelled timers as it turns
+        held = getattr(reactor, "_timers", None)  # trio's heap; asyncio's is the loop's
+        if held is None:
+            held = asyncio.get_running_loop()._scheduled  # type: ignore[attr-defined]
+        assert len(held) <= 600
+    finally:
+        reactor.close()
+
+
+def test_tls_is_refused_before_any_io() -> None:
+    with pytest.raises(ConfigurationError, match="does not do TLS"):
+        AsyncCluster(
+            ["127.0.0.1"],
+            connection_class=EventLoopConnection,
+            ssl_context=ssl.create_default_context(),
+        )
+
+
+def test_a_driver_cluster_cannot_use_it() -> None:
+    cluster = Cluster(["127.0.0.1"], port=1, connection_class=EventLoopConnection)
+    try:
+        with pytest.raises(ConnectionException, match="only through"):
+            cluster.connect()
+    finally:
+        cluster.shutdown()
+
+
+async def test_a_connection_asked_for_on_the_loops_thread_fails_at_once(
+    loop_session: AsyncCassandraSession,
+) -> None:
+    # The driver's factory waits for the connection to be ready, which only the loop
+    # can make it: on the loop's thread that would wait for ever.
+    cluster = loop_session.driver_session.cluster
+    host = next(iter(cluster.metadata.all_hosts()))
+    with pytest.raises(ConnectionException, match="block the loop"):
+        cluster.connection_factory(host.endpoint)
+    assert (await loop_session.execute("SELECT key FROM system.local")).one() is not None
