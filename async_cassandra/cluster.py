@@ -169,12 +169,16 @@ class AsyncCluster:
     fast here, and a request made while a large message is still being written waits
     its turn instead of being refused as "overloaded" (which with the driver's
     connection lost a stream id each time); pass ``connection_class`` to keep the
-    driver's.
+    driver's. ``connection_class=EventLoopConnection`` (from
+    :mod:`async_cassandra.connection`, opt-in) does the driver's socket I/O and timers on
+    the event loop of the first :meth:`connect` instead of a thread of the driver's;
+    that loop must then run until the cluster is shut down (see that module).
 
     Raises :class:`ConfigurationError`, before any I/O, for an unknown keyword, a
     ``protocol_version`` below 5, and an option of the wrong type or out of range
     (contact points given as one string, a port outside 1-65535, no executor threads,
-    a ``max_concurrent_requests`` below 1, a negative number of seconds).
+    a ``max_concurrent_requests`` below 1, a negative number of seconds), and for
+    ``EventLoopConnection`` with TLS.
     """
 
     def __init__(

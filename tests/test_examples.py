@@ -50,6 +50,19 @@ def test_trio_app(cassandra_node: Any) -> None:
     assert "and the session still serves queries: user1" in out
 
 
+def test_event_loop_io_reads_on_the_loop_thread_only_when_asked(cassandra_node: Any) -> None:
+    out = run_example(cassandra_node, str(EXAMPLES / "event_loop_io.py"), "0.5")
+    for backend in ("asyncio", "trio"):
+        section = out.split(f"== {backend} ==")[1].split("==")[0]
+        lines = section.strip().splitlines()
+        assert len(lines) == 2, section
+        default, loop_io = lines
+        assert "default connection" in default
+        assert "reads/s; answers read on another thread" in default
+        assert "EventLoopConnection" in loop_io
+        assert "reads/s; answers read on the event loop's thread" in loop_io
+
+
 @pytest.fixture
 def no_export_keyspace(cassandra_driver_session: Any) -> Any:
     """The examples' keyspace is absent before and dropped after each test."""

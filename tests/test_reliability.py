@@ -51,6 +51,7 @@ from async_cassandra import (
 )
 from async_cassandra import TimeoutError as AsyncTimeoutError
 from async_cassandra._portal import current_portal
+from async_cassandra.connection import EventLoopConnection
 from async_cassandra.testing.pytest_plugin import CassandraCluster
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(900)]
@@ -72,8 +73,29 @@ def report() -> Iterator[list[dict[str, Any]]]:
             print(json.dumps(record))
 
 
+# The connection class of the running scenario (set by the connection_options fixture).
+_connection_in_use = "default"
+
+
 def record(report: list[dict[str, Any]], scenario: int, backend: str, **measured: Any) -> None:
-    report.append({"scenario": scenario, "backend": backend, **measured})
+    report.append(
+        {"scenario": scenario, "backend": backend, "connection": _connection_in_use, **measured}
+    )
+
+
+@pytest.fixture(
+    params=[
+        pytest.param({}, id="default"),
+        pytest.param({"connection_class": EventLoopConnection}, id="loopio"),
+    ]
+)
+def connection_options(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """AsyncCluster options: the default connection, and the opt-in EventLoopConnection
+    (the driver's socket I/O and timers on the test's event loop)."""
+    global _connection_in_use
+    _connection_in_use = "loopio" if request.param else "default"
+    yield dict(request.param)
+    _connection_in_use = "default"
 
 
 def backend_name() -> str:
@@ -109,10 +131,15 @@ async def connected(
 
 @pytest.fixture
 async def rf3(
-    cassandra_cluster3: CassandraCluster, cassandra_keyspace_rf3: str
+    cassandra_cluster3: CassandraCluster,
+    cassandra_keyspace_rf3: str,
+    connection_options: dict[str, Any],
 ) -> AsyncIterator[tuple[AsyncCluster, AsyncCassandraSession, str]]:
-    """A session on the 3-node cluster and a table ``t`` in a fresh RF=3 keyspace."""
-    async with connected(cassandra_cluster3, cassandra_keyspace_rf3) as connection:
+    """A session on the 3-node cluster and a table ``t`` in a fresh RF=3 keyspace, with
+    each connection class."""
+    async with connected(
+        cassandra_cluster3, cassandra_keyspace_rf3, **connection_options
+    ) as connection:
         yield connection
 
 
@@ -143,6 +170,7 @@ WRITERS, WRITE_DEADLINE = 200, 2.0
 async def test_a_node_killed_under_quorum_writes_loses_no_acknowledged_write(
     cassandra_cluster3: CassandraCluster,
     cassandra_keyspace_rf3: str,
+    connection_options: dict[str, Any],
     report: list[dict[str, Any]],
 ) -> None:
     """200 writers of unique keys at QUORUM for 60 s (and 16 s past the restarted node's
@@ -150,7 +178,11 @@ async def test_a_node_killed_under_quorum_writes_loses_no_acknowledged_write(
     killed with SIGKILL at 20 s, started again at 40 s. Every acknowledged write is read
     back at QUORUM; the others are "in doubt"."""
     launcher = cassandra_cluster3.launcher
-    async with connected(cassandra_cluster3, cassandra_keyspace_rf3) as (cluster, session, table):
+    async with connected(cassandra_cluster3, cassandra_keyspace_rf3, **connection_options) as (
+        cluster,
+        session,
+        table,
+    ):
         insert = await session.prepare(f"INSERT INTO {table} (k, v) VALUES (?, ?)")
         insert.consistency_level = QUORUM  # not marked idempotent: never sent twice
         keys = iter(range(10**9))
@@ -418,7 +450,9 @@ def _unavailable_in(error: BaseException) -> Any:
 
 @reliability
 async def test_leaving_the_scope_with_a_frozen_node_closes_within_bound(
-    cassandra_cluster3: CassandraCluster, report: list[dict[str, Any]]
+    cassandra_cluster3: CassandraCluster,
+    connection_options: dict[str, Any],
+    report: list[dict[str, Any]],
 ) -> None:
     launcher = cassandra_cluster3.launcher
     before = set(threading.enumerate())
@@ -426,6 +460,7 @@ async def test_leaving_the_scope_with_a_frozen_node_closes_within_bound(
         cassandra_cluster3.contact_points,
         port=cassandra_cluster3.port,
         execution_profiles=profiles(),
+        **connection_options,
     )
     try:
         async with cluster:
@@ -696,6 +731,7 @@ async def test_a_thousand_requests_past_their_deadline_free_everything(
 async def test_a_cancellation_storm_leaves_nothing_behind(
     cassandra_cluster3: CassandraCluster,
     cassandra_keyspace_rf3: str,
+    connection_options: dict[str, Any],
     report: list[dict[str, Any]],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -703,7 +739,10 @@ async def test_a_cancellation_storm_leaves_nothing_behind(
     rounds, per_round = 20, 10_000
     random = Random(10)
     async with connected(
-        cassandra_cluster3, cassandra_keyspace_rf3, max_concurrent_requests=20_000
+        cassandra_cluster3,
+        cassandra_keyspace_rf3,
+        max_concurrent_requests=20_000,
+        **connection_options,
     ) as (cluster, session, table):
         await write_everywhere(session, table, 10, "ten")
         select = await session.prepare(f"SELECT v FROM {table} WHERE k = ?")

@@ -41,6 +41,8 @@ COLOURS = {
     "driver/sync": "#d0d0d0",
     "asyncio": "#1f77b4",
     "trio": "#2ca02c",
+    "asyncio+loopio": "#17becf",
+    "trio+loopio": "#98df8a",
     "asyncio+metrics": "#6baed6",
     "asyncio+otel": "#9ecae1",
     "v001": "#ff7f0e",

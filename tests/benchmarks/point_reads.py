@@ -19,6 +19,9 @@ every client reads the ``name`` value of the row it gets. The clients:
   task that sleeps 5 ms in a loop and records how late it wakes (event-loop lag). In a
   full run an idle configuration (N=0: the probe alone) gives the machine's noise floor,
   and the driver runs get the same probe as a thread (how late any Python thread wakes);
+* ``asyncio+loopio`` / ``trio+loopio``: the same with the opt-in
+  ``connection_class=EventLoopConnection``: the driver's socket I/O and timers on the
+  event loop's thread instead of the driver's reactor thread;
 * ``asyncio+metrics`` / ``asyncio+otel``: asyncio with the in-memory metrics or the
   OpenTelemetry observer installed;
 * ``v001``: async-cassandra 0.0.1, the library this one replaces (asyncio; same driver),
@@ -87,6 +90,7 @@ from cassandra.concurrent import execute_concurrent_with_args
 from cassandra.query import PreparedStatement, tuple_factory
 
 from async_cassandra import AsyncCluster, create_metrics_system
+from async_cassandra.connection import EventLoopConnection
 
 KEYSPACE = "acs_bench_point"
 TABLE_ROWS = 10_000
@@ -99,10 +103,21 @@ IDLE = 0
 # "+metrics": with 0.0.1's in-memory metrics middleware installed as an observer;
 # "+otel": with the OpenTelemetry observer (the SDK, spans batched to an exporter that
 # drops them): what observing costs, next to the same backend without.
+# "+loopio": with the opt-in connection_class=EventLoopConnection (the driver's I/O on
+# the event loop's thread).
 # "v001" / "acsylla": the peers, each in its own venv and process (see _peers.py).
 DRIVERS = ("driver", "driver/tuple")
 PEER_CLIENTS = tuple(PEERS)
-CLIENTS = (*DRIVERS, "asyncio", "trio", "asyncio+metrics", "asyncio+otel", *PEER_CLIENTS)
+LOOP_IO = ("asyncio+loopio", "trio+loopio")
+CLIENTS = (
+    *DRIVERS,
+    "asyncio",
+    "trio",
+    *LOOP_IO,
+    "asyncio+metrics",
+    "asyncio+otel",
+    *PEER_CLIENTS,
+)
 SELECT = "SELECT * FROM point WHERE id = ?"
 
 
@@ -458,9 +473,10 @@ async def run_library(
     profile_to: cProfile.Profile | None = None,
 ) -> list[Result]:
     results = []
+    options = {"connection_class": EventLoopConnection} if client in LOOP_IO else {}
     async with (
         AsyncCluster(
-            target.contact_points, port=target.port, observers=observers_for(client)
+            target.contact_points, port=target.port, observers=observers_for(client), **options
         ) as cluster,
         await cluster.connect(KEYSPACE) as session,
     ):

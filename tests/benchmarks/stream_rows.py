@@ -25,6 +25,8 @@ whole table once per phase at fetch size 5000, with the same per-row work
   stream_config=StreamConfig(fetch_size=N)) as stream: async for row in stream`` (the
   default ``read_ahead=1``); without ``--quick`` also ``read_ahead`` 0 and 2 and
   ``stream.pages()`` on asyncio;
+* ``asyncio+loopio`` / ``trio+loopio``: the same with the opt-in
+  ``connection_class=EventLoopConnection`` (the driver's I/O on the event loop's thread);
 * ``v001`` (async-cassandra 0.0.1) and ``acsylla`` (1.2.0, on the C++ driver), each in
   its own virtualenv (``--v001-python``, ``--acsylla-python``; by default the ones
   ``nox -s bench`` makes in ``.nox/bench-peers/``), run by ``_peer_stream_rows.py``
@@ -118,6 +120,7 @@ class Phase:
     read_ahead: int | None = None  # this library's only
     pages: bool = False  # iterate stream.pages() instead of rows
     tuple_rows: bool = False  # the driver with tuple_factory rows
+    loop_io: bool = False  # this library with connection_class=EventLoopConnection
     full_only: bool = False  # not with --quick
 
 
@@ -129,6 +132,8 @@ PHASES = (
     Phase("driver/sync", "sync"),
     Phase("asyncio", "library", read_ahead=1),
     Phase("trio", "library", read_ahead=1),
+    Phase("asyncio+loopio", "library", read_ahead=1, loop_io=True),
+    Phase("trio+loopio", "library", read_ahead=1, loop_io=True),
     Phase("v001", "peer"),
     Phase("acsylla", "peer"),
     Phase("asyncio ra=0", "library", read_ahead=0, full_only=True),
@@ -336,14 +341,16 @@ def child_driver(spec: dict[str, Any]) -> dict[str, Any]:
 
 async def child_library(spec: dict[str, Any]) -> dict[str, Any]:
     from async_cassandra import AsyncCluster
+    from async_cassandra.connection import EventLoopConnection
     from async_cassandra.streaming import StreamConfig
 
     phase = spec["phase"]
     config = StreamConfig(fetch_size=phase["fetch_size"], read_ahead=phase["read_ahead"])
     lags: list[float] = []
+    options = {"connection_class": EventLoopConnection} if phase["loop_io"] else {}
 
     async with (
-        AsyncCluster(spec["contact_points"], port=spec["port"]) as cluster,
+        AsyncCluster(spec["contact_points"], port=spec["port"], **options) as cluster,
         await cluster.connect() as session,
     ):
         connected = Connected()
@@ -380,7 +387,7 @@ async def child_library(spec: dict[str, Any]) -> dict[str, Any]:
 def run_child(spec: dict[str, Any]) -> None:
     phase = spec["phase"]
     if phase["kind"] == "library":
-        raw = anyio.run(child_library, spec, backend=phase["client"].split()[0])
+        raw = anyio.run(child_library, spec, backend=phase["client"].split()[0].partition("+")[0])
     else:
         raw = child_driver(spec)
     print("RESULT " + json.dumps(raw), flush=True)
