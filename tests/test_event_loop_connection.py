@@ -14,6 +14,7 @@ import asyncio
 import socket
 import ssl
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -342,6 +343,26 @@ async def test_the_end_of_the_stream_defuncts_the_connection() -> None:
     finally:
         ours.close()
         close_reactor(bound)
+
+
+async def test_a_cancelled_timer_lets_go_of_its_callback_at_once() -> None:
+    # A request's timer holds its future (and the answer); held until the timer's time
+    # (10 s by default), every request's objects outlived the collections that should
+    # have freed them, and full collections stalled the loop 10-30 ms many times a second.
+    reactor = reactor_for_running_loop()
+
+    class Request:
+        def on_timeout(self) -> None:
+            raise AssertionError("a cancelled timer fired")
+
+    try:
+        request = Request()
+        alive = weakref.ref(request)
+        LoopTimer(600, request.on_timeout, reactor).cancel()
+        del request
+        assert alive() is None  # freed by its reference count: nothing holds it
+    finally:
+        reactor.close()
 
 
 def test_tls_is_refused_before_any_io() -> None:
