@@ -146,6 +146,22 @@ class LoopTimer(Timer):  # type: ignore[misc]
                 handle.cancel()
 
 
+def send_queued(out: list[Any], sock: Any, connection: ReadyConnection) -> Any:
+    """Send the messages queued in ``out`` (emptied) in one ``send``, as far as the socket
+    takes them. Returns the rest (empty when all went), or None when the socket failed:
+    the connection is then defunct, its requests failed."""
+    data = out[0] if len(out) == 1 else b"".join(out)
+    out.clear()
+    try:
+        sent = sock.send(data)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    except OSError as error:
+        connection.defunct(error)
+        return None
+    return memoryview(data)[sent:]
+
+
 # -- asyncio -------------------------------------------------------------------------
 
 
@@ -221,18 +237,11 @@ class _AsyncioIO:
     def _flush(self) -> None:
         if self._closed:
             return
-        out = self._out
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        try:
-            sent = self._socket.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as error:
-            self._connection.defunct(error)
+        rest = send_queued(self._out, self._socket, self._connection)
+        if rest is None:
             return
-        if sent < len(data):
-            out.append(memoryview(data)[sent:])
+        if rest:
+            self._out.append(rest)
             if not self._waiting_writable:
                 self._waiting_writable = True
                 self._loop.add_writer(self._fd, self._flush)
@@ -418,19 +427,13 @@ class _TrioIO:
                     if not out:
                         self._parked_writer = trio.lowlevel.current_task()
                         await trio.lowlevel.wait_task_rescheduled(self._unpark)
-                    data: Any = out[0] if len(out) == 1 else b"".join(out)
-                    out.clear()
-                    while data:
-                        try:
-                            sent = self._socket.send(data)
-                        except (BlockingIOError, InterruptedError):
-                            sent = 0
-                        except OSError as error:
-                            self._connection.defunct(error)
-                            return
-                        data = memoryview(data)[sent:]
-                        if data:
-                            await trio.lowlevel.wait_writable(self._socket)
+                    rest = send_queued(out, self._socket, self._connection)
+                    if rest is None:
+                        return
+                    if rest:
+                        # Ahead of what is queued while the socket drains.
+                        out.append(rest)
+                        await trio.lowlevel.wait_writable(self._socket)
         except trio.Cancelled:
             self._lost_the_run()
             raise

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import anyio
 import pytest
@@ -37,6 +38,41 @@ async def wait_until(condition: Callable[[], bool], what: str, limit: float = 30
             await anyio.sleep(0.01)
         return
     pytest.fail(f"timed out waiting until {what}")
+
+
+async def a_large_message_and_those_behind_it_arrive_whole(
+    session: Any, ks: str, direct_writes: Callable[[], int] | None = None
+) -> None:
+    """Insert a 12 MiB blob (more than a socket buffer holds, so it is written in parts)
+    and, once its task is blocked, 20 small rows queued behind it; read every one back.
+    With ``direct_writes`` (a DirectWriteConnection's count), also check that the blob,
+    alone on its connection, was written (in part) by the sending thread."""
+    await session.execute(f"CREATE TABLE {ks}.blobs (id int PRIMARY KEY, data blob)")
+    insert = await session.prepare(f"INSERT INTO {ks}.blobs (id, data) VALUES (?, ?)")
+    select = await session.prepare(f"SELECT data FROM {ks}.blobs WHERE id = ?")
+    big = bytes(range(256)) * (LARGE_MESSAGE // 256)
+    small = {key: key.to_bytes(4, "big") * 100 for key in range(1, 21)}
+    with anyio.fail_after(60):  # a message stuck half-written fails here, not by hanging
+        before = direct_writes() if direct_writes is not None else 0
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(session.execute, insert, [0, big])
+            await anyio.wait_all_tasks_blocked()
+            if direct_writes is not None:
+                assert direct_writes() == before + 1
+            for key, value in small.items():
+                tasks.start_soon(session.execute, insert, [key, value])
+        row = (await session.execute(select, [0])).one()
+    assert row is not None
+    assert row.data == big
+    for key, value in small.items():
+        row = (await session.execute(select, [key])).one()
+        assert row is not None
+        assert row.data == value
+
+
+# More than the kernel lets a socket buffer hold (net.core.wmem_max), under the node's
+# largest mutation (16 MiB).
+LARGE_MESSAGE = 12 * 1024 * 1024
 
 
 def poll_until(condition: Callable[[], bool], what: str, limit: float = 10.0) -> None:

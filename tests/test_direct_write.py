@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 import pytest
+from _helpers import LARGE_MESSAGE, a_large_message_and_those_behind_it_arrive_whole
 from cassandra.cluster import DefaultConnection
 from cassandra.connection import Timer, TimerManager
 
@@ -213,36 +214,16 @@ async def test_a_request_alone_on_its_connection_is_written_by_the_sending_threa
 async def test_a_message_larger_than_the_socket_takes_arrives_whole(
     own_session: AsyncCassandraSession, ks: str
 ) -> None:
-    # More than the kernel lets a socket buffer hold (net.core.wmem_max): the sending
-    # thread writes a part, the reactor the rest, and the small requests sent meanwhile
-    # queue behind it.
-    size = 12 * 1024 * 1024  # under the node's largest mutation, 16 MiB
+    # The sending thread writes a part of the large message, the reactor the rest,
+    # and the small requests sent meanwhile queue behind it.
     buffers = [
         c._socket.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
         for c in pool_connections(own_session)
     ]
-    assert size > max(buffers)
-    session = own_session
-    await session.execute(f"CREATE TABLE {ks}.blobs (id int PRIMARY KEY, data blob)")
-    insert = await session.prepare(f"INSERT INTO {ks}.blobs (id, data) VALUES (?, ?)")
-    select = await session.prepare(f"SELECT data FROM {ks}.blobs WHERE id = ?")
-    big = bytes(range(256)) * (size // 256)
-    small = {key: key.to_bytes(4, "big") * 100 for key in range(1, 21)}
-    before = direct_writes(session)
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(session.execute, insert, [0, big])
-        # The big one is written (alone: directly, in part) before the others start.
-        await anyio.wait_all_tasks_blocked()
-        assert direct_writes(session) == before + 1
-        for key, value in small.items():
-            tasks.start_soon(session.execute, insert, [key, value])
-    row = (await session.execute(select, [0])).one()
-    assert row is not None
-    assert row.data == big
-    for key, value in small.items():
-        row = (await session.execute(select, [key])).one()
-        assert row is not None
-        assert row.data == value
+    assert max(buffers) < LARGE_MESSAGE
+    await a_large_message_and_those_behind_it_arrive_whole(
+        own_session, ks, direct_writes=lambda: direct_writes(own_session)
+    )
 
 
 @pytest.mark.anyio

@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from _helpers import wait_until
+from _helpers import LARGE_MESSAGE, a_large_message_and_those_behind_it_arrive_whole, wait_until
 from cassandra import OperationTimedOut
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
 from cassandra.connection import (
@@ -117,32 +117,14 @@ async def test_answers_are_read_and_completed_on_the_loops_thread(
 async def test_a_message_larger_than_the_socket_takes_arrives_whole(
     loop_session: AsyncCassandraSession, ks: str
 ) -> None:
-    # More than a socket buffer holds (net.core.wmem_max): written in parts as the
-    # loop finds the socket writable again, with small requests queued behind it.
-    session = loop_session
-    size = 12 * 1024 * 1024  # under the node's largest mutation, 16 MiB
+    # Written in parts as the loop finds the socket writable again, with small
+    # requests queued behind it.
     buffers = [
-        c._socket.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) for c in pool_connections(session)
+        c._socket.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        for c in pool_connections(loop_session)
     ]
-    assert size > max(buffers)
-    await session.execute(f"CREATE TABLE {ks}.blobs (id int PRIMARY KEY, data blob)")
-    insert = await session.prepare(f"INSERT INTO {ks}.blobs (id, data) VALUES (?, ?)")
-    select = await session.prepare(f"SELECT data FROM {ks}.blobs WHERE id = ?")
-    big = bytes(range(256)) * (size // 256)
-    small = {key: key.to_bytes(4, "big") * 100 for key in range(1, 21)}
-    with anyio.fail_after(60):
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(session.execute, insert, [0, big])
-            await anyio.wait_all_tasks_blocked()
-            for key, value in small.items():
-                tasks.start_soon(session.execute, insert, [key, value])
-        row = (await session.execute(select, [0])).one()
-    assert row is not None
-    assert row.data == big
-    for key, value in small.items():
-        row = (await session.execute(select, [key])).one()
-        assert row is not None
-        assert row.data == value
+    assert max(buffers) < LARGE_MESSAGE
+    await a_large_message_and_those_behind_it_arrive_whole(loop_session, ks)
 
 
 async def test_a_frozen_node_times_requests_out_on_the_loops_timer(
