@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -40,6 +41,15 @@ async def wait_until(condition: Callable[[], bool], what: str, limit: float = 30
     pytest.fail(f"timed out waiting until {what}")
 
 
+def pool_connections(session: Any) -> list[Any]:
+    """The session's connections to its nodes (the driver's public pool API)."""
+    return [
+        connection
+        for pool in session.driver_session.get_pools()
+        for connection in pool.get_connections()
+    ]
+
+
 async def a_large_message_and_those_behind_it_arrive_whole(
     session: Any, ks: str, direct_writes: Callable[[], int] | None = None
 ) -> None:
@@ -47,6 +57,10 @@ async def a_large_message_and_those_behind_it_arrive_whole(
     and, once its task is blocked, 20 small rows queued behind it; read every one back.
     With ``direct_writes`` (a DirectWriteConnection's count), also check that the blob,
     alone on its connection, was written (in part) by the sending thread."""
+    buffers = [
+        c._socket.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) for c in pool_connections(session)
+    ]
+    assert max(buffers) < LARGE_MESSAGE
     await session.execute(f"CREATE TABLE {ks}.blobs (id int PRIMARY KEY, data blob)")
     insert = await session.prepare(f"INSERT INTO {ks}.blobs (id, data) VALUES (?, ?)")
     select = await session.prepare(f"SELECT data FROM {ks}.blobs WHERE id = ?")
