@@ -16,11 +16,12 @@ crosses threads on a request's path.
 
 What it buys and what it costs (point reads against one local node, medians of
 alternated rounds, ``tests/benchmarks/point_reads.py``; figures in the README): on a
-machine whose cores are not busy with other work, more requests per second at 64 and 256
-in flight and less CPU per request, because one thread does everything; but one thread
-is also all it gets, so beside other processes that keep the cores busy at the same
-priority it served 0.7-0.8 times as many requests as the default, which spreads the
-work over two threads (``docs/benchmarks/loop_io_vs_direct_busy.json``).
+machine whose cores are not busy with other work, more requests per second and less CPU
+per request, because one thread does everything and no answer crosses threads; but one
+thread is also all it gets, so beside other processes that keep the cores busy at the
+same priority an earlier prototype of it served 0.7-0.8 times as many requests as the
+default at 64 and 256 in flight, which spreads the work over two threads
+(``docs/benchmarks/loop_io_vs_direct_busy.json``).
 
 The rules that come with it:
 
