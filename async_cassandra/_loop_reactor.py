@@ -100,8 +100,13 @@ class Reactor(Protocol):
 
 
 def call_on_loop(reactor: Reactor, fn: Callable[..., None], *args: Any) -> None:
-    """``fn(*args)`` now when on the loop's thread, else soon on it (see ``run_soon``)."""
+    """``fn(*args)`` now when on the loop's thread, else soon on it (see ``run_soon``).
+    Raises ``ConnectionShutdown`` when the loop is gone."""
     if threading.get_ident() == reactor.thread_id:
+        if reactor.gone:
+            # The same thread may run a later loop (a second asyncio.run or trio.run):
+            # that loop is not the one serving the connection.
+            raise loop_gone("event loop")
         fn(*args)
     else:
         reactor.run_soon(fn, *args)

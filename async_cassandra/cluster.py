@@ -22,7 +22,7 @@ from . import _driver
 from ._observing import checked_observers
 from ._offloop import OffLoopCalls
 from ._resources import CLOSE_TIMEOUT, SessionResources, close_in_exit, close_within
-from .connection import EventLoopConnection, bind_to_running_loop, close_reactor
+from .connection import EventLoopConnection, bind_to_running_loop, close_reactor, loop_gone_hint
 from .constants import DEFAULT_CONNECTION_TIMEOUT
 from .exceptions import (
     AuthenticationError,
@@ -436,6 +436,9 @@ class AsyncCluster:
     def _connect_hint(self, error: BaseException) -> str | None:
         if not isinstance(error, cassandra.cluster.NoHostAvailable):
             return None
+        gone = loop_gone_hint(self._cluster)
+        if gone is not None:
+            return gone
         category = category_of(error)
         if category is QueryError:
             return (

@@ -36,11 +36,16 @@ The rules that come with it:
   reconnecting), and only those threads wait for a connection to be ready. A
   connection asked for on the loop's thread fails at once instead of waiting for the
   loop it blocks.
+* A blocked loop stops the I/O too. The driver's blocking API
+  (``session.driver_session.execute``, ``ResponseFuture.result()``) called on the
+  loop's thread waits for ever: the answer and the driver's timeout both need that
+  loop. A loop held up for longer than a request's timeout fails the requests then in
+  flight with a timeout, even when the server has answered.
 * No TLS (``ssl_context`` / ``ssl_options``): :class:`AsyncCluster` raises
   :class:`~async_cassandra.ConfigurationError` for the pair.
 
-Cancellation and deadlines behave as with the default connection: they act on the
-``await``, never on the socket.
+Otherwise cancellation and deadlines behave as with the default connection: they act
+on the ``await``, never on the socket.
 """
 
 from __future__ import annotations

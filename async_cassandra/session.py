@@ -35,6 +35,7 @@ from ._prepared_cache import PreparedCache
 from ._request import DriverRequest, caller_deadline
 from ._resources import CLOSE_TIMEOUT, SessionResources, close_in_exit, close_within
 from ._rows import JoinedPages, as_row_list, rows_maker
+from .connection import loop_gone_hint
 from .exceptions import (
     ConfigurationError,
     ConnectionError,
@@ -695,7 +696,8 @@ class AsyncCassandraSession:
                 )
                 return prepared
         except Exception as error:
-            raise translate_driver_error(error)  # noqa: B904 - the cause is set inside
+            hint = loop_gone_hint(session.cluster)  # None unless an EventLoopConnection's
+            raise translate_driver_error(error, hint=hint)  # noqa: B904
         assert scope.cancelled_caught
         raise TimeoutError(
             f"preparing {query!r:.100} did not finish within {limit:g} s; the server or "

@@ -226,6 +226,45 @@ async def test_once_its_loop_is_gone_requests_fail_saying_so(
             await cluster.shutdown()
 
 
+def test_a_later_loop_on_the_same_thread_is_told_the_serving_loop_is_gone(
+    cassandra_node: Any, anyio_backend: tuple[str, dict[str, Any]]
+) -> None:
+    # Two runs one after the other on one thread (two asyncio.run calls): the thread is
+    # the serving loop's, the loop is not.
+    backend, options = anyio_backend
+    cluster = AsyncCluster(
+        cassandra_node.contact_points,
+        port=cassandra_node.port,
+        connection_class=EventLoopConnection,
+    )
+    hint = "keep that loop running until the cluster is shut down"
+
+    async def connect() -> AsyncCassandraSession:
+        return await cluster.connect()
+
+    async def use_it_later(session: AsyncCassandraSession) -> list[str]:
+        failures = []
+        with anyio.fail_after(30):
+            for attempt in (
+                lambda: session.execute("SELECT key FROM system.local"),
+                lambda: session.execute_stream("SELECT key FROM system.local"),
+                lambda: session.prepare("SELECT key FROM system.local"),
+                lambda: cluster.connect(),
+            ):
+                with pytest.raises(ConnectionError) as raised:
+                    await attempt()
+                failures.append(str(raised.value))
+        return failures
+
+    try:
+        session = anyio.run(connect, backend=backend, backend_options=options)
+        failures = anyio.run(use_it_later, session, backend=backend, backend_options=options)
+        assert len(failures) == 4
+        assert all(hint in message for message in failures), failures
+    finally:
+        anyio.run(cluster.shutdown, backend=backend, backend_options=options)
+
+
 async def test_timers_fire_in_the_order_they_end_and_cancelled_ones_never() -> None:
     reactor = reactor_for_running_loop()
     fired: list[int] = []
