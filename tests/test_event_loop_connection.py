@@ -50,17 +50,15 @@ from async_cassandra.testing import LocalCassandra
 pytestmark = pytest.mark.anyio
 
 
+def loop_io_cluster(node: Any) -> AsyncCluster:
+    """A cluster on ``node`` with EventLoopConnection, bound when it first connects."""
+    return AsyncCluster(node.contact_points, port=node.port, connection_class=EventLoopConnection)
+
+
 @pytest.fixture
 async def loop_session(cassandra_node: Any) -> AsyncIterator[AsyncCassandraSession]:
     """A cluster of the test's own, served by the test's loop."""
-    async with (
-        AsyncCluster(
-            cassandra_node.contact_points,
-            port=cassandra_node.port,
-            connection_class=EventLoopConnection,
-        ) as cluster,
-        await cluster.connect() as session,
-    ):
+    async with loop_io_cluster(cassandra_node) as cluster, await cluster.connect() as session:
         yield session
 
 
@@ -202,11 +200,7 @@ async def test_once_its_loop_is_gone_requests_fail_saying_so(
     cassandra_node: Any, anyio_backend: tuple[str, dict[str, Any]]
 ) -> None:
     backend, options = anyio_backend
-    cluster = AsyncCluster(
-        cassandra_node.contact_points,
-        port=cassandra_node.port,
-        connection_class=EventLoopConnection,
-    )
+    cluster = loop_io_cluster(cassandra_node)
 
     async def connect_and_read() -> AsyncCassandraSession:
         session = await cluster.connect()
@@ -232,11 +226,7 @@ def test_a_later_loop_on_the_same_thread_is_told_the_serving_loop_is_gone(
     # Two runs one after the other on one thread (two asyncio.run calls): the thread is
     # the serving loop's, the loop is not.
     backend, options = anyio_backend
-    cluster = AsyncCluster(
-        cassandra_node.contact_points,
-        port=cassandra_node.port,
-        connection_class=EventLoopConnection,
-    )
+    cluster = loop_io_cluster(cassandra_node)
     hint = "keep that loop running until the cluster is shut down"
 
     async def connect() -> AsyncCassandraSession:
