@@ -32,7 +32,7 @@ try:  # trio is an optional extra; its kit is only built when a trio loop is run
 except ImportError:  # pragma: no cover - exercised only without the extra
     trio = None  # type: ignore[assignment]
 
-__all__ = ["BackendKit", "Waiter", "is_cancellation", "kit_for"]
+__all__ = ["BackendKit", "Waiter", "backend_of", "is_cancellation", "kit_for"]
 
 
 class Waiter(Protocol):
@@ -228,12 +228,20 @@ def is_cancellation(error: BaseException) -> bool:
     return trio is not None and isinstance(error, trio.Cancelled)
 
 
+def backend_of(native: object) -> str:
+    """``"asyncio"`` or ``"trio"``: the backend of a loop's native token (the asyncio
+    loop, or trio's ``TrioToken``); RuntimeError for any other."""
+    if isinstance(native, asyncio.AbstractEventLoop):
+        return "asyncio"
+    module = type(native).__module__
+    if module.startswith("trio"):
+        return "trio"
+    raise RuntimeError(f"async-cassandra supports asyncio and trio, not {module}")
+
+
 def kit_for(token: EventLoopToken) -> BackendKit:
     """The backend kit for the loop ``token`` belongs to."""
     native = token.native_token
-    if isinstance(native, asyncio.AbstractEventLoop):
-        return _AsyncioKit(native)
-    module = type(native).__module__
-    if module.startswith("trio"):
-        return _TrioKit(native)
-    raise RuntimeError(f"async-cassandra supports asyncio and trio, not {module}")
+    if backend_of(native) == "asyncio":
+        return _AsyncioKit(native)  # type: ignore[arg-type]
+    return _TrioKit(native)

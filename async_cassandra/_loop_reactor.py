@@ -29,6 +29,8 @@ from typing import Any, Protocol
 from anyio.lowlevel import current_token
 from cassandra.connection import ConnectionShutdown, Timer
 
+from ._backends import backend_of
+
 try:  # trio is an optional extra
     import trio
 except ImportError:  # pragma: no cover - exercised only without the extra
@@ -458,8 +460,6 @@ class _TrioIO:
 def reactor_for_running_loop() -> Reactor:
     """A reactor on the running event loop (asyncio or trio). Loop thread."""
     native = current_token().native_token
-    if isinstance(native, asyncio.AbstractEventLoop):
-        return _AsyncioReactor(native)
-    if trio is not None and isinstance(native, trio.lowlevel.TrioToken):
-        return _TrioReactor(native)
-    raise RuntimeError(f"async-cassandra supports asyncio and trio, not {type(native).__module__}")
+    if backend_of(native) == "asyncio":
+        return _AsyncioReactor(native)  # type: ignore[arg-type]
+    return _TrioReactor(native)

@@ -78,10 +78,16 @@ class EventLoopConnection(Connection):  # type: ignore[misc]
     _reactor: ClassVar[Reactor | None] = None
 
     @classmethod
-    def initialize_reactor(cls) -> None:
-        # Called by the driver's Cluster.connect; the loop is the reactor.
+    def _bound_reactor(cls) -> Reactor:
+        # The unbound class reaches the driver only through a driver Cluster.
         if cls._reactor is None:
             raise ConnectionException(_UNBOUND)
+        return cls._reactor
+
+    @classmethod
+    def initialize_reactor(cls) -> None:
+        # Called by the driver's Cluster.connect; the loop is the reactor.
+        cls._bound_reactor()
 
     @classmethod
     def handle_fork(cls) -> None:
@@ -90,19 +96,13 @@ class EventLoopConnection(Connection):  # type: ignore[misc]
     @classmethod
     def create_timer(cls, timeout: float, callback: Any) -> LoopTimer:
         # Any thread: the driver arms a request's timer where it sends the request.
-        reactor = cls._reactor
-        if reactor is None:
-            raise ConnectionException(_UNBOUND)
-        return LoopTimer(timeout, callback, reactor)
+        return LoopTimer(timeout, callback, cls._bound_reactor())
 
     @classmethod
     def factory(cls, endpoint: Any, timeout: float, *args: Any, **kwargs: Any) -> Any:
         # The driver's factory waits (blocking) until the connection is ready, which
         # the loop makes it: on the loop's own thread that wait could never end.
-        reactor = cls._reactor
-        if reactor is None:
-            raise ConnectionException(_UNBOUND)
-        if _on_loop_thread(reactor):
+        if threading.get_ident() == cls._bound_reactor().thread_id:
             raise ConnectionException(
                 "a connection was asked for on the event loop's thread, which would "
                 "block the loop that serves it (EventLoopConnection)",
@@ -112,9 +112,7 @@ class EventLoopConnection(Connection):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # A driver thread (the factory refuses the loop's).
-        reactor = self._reactor
-        if reactor is None:
-            raise ConnectionException(_UNBOUND)
+        reactor = self._bound_reactor()
         super().__init__(*args, **kwargs)
         if self.ssl_context is not None:
             raise ConnectionException(
@@ -193,10 +191,6 @@ class EventLoopConnection(Connection):  # type: ignore[misc]
             self.defunct(ConnectionShutdown(closed))
             return False
         return not self.is_closed
-
-
-def _on_loop_thread(reactor: Reactor) -> bool:
-    return threading.get_ident() == reactor.thread_id
 
 
 def bind_to_running_loop(connection_class: type[EventLoopConnection]) -> type[EventLoopConnection]:
