@@ -5,7 +5,9 @@ Everything else in async-cassandra is plain anyio. Two things cannot be:
 * **The wake-up.** A driver thread must ask the loop to run a function soon without
   blocking and without touching loop state itself. asyncio has
   ``loop.call_soon_threadsafe``, trio has ``TrioToken.run_sync_soon``; both only append
-  to a queue and poke the loop's self-pipe, so they are safe from any thread.
+  to a queue and poke the loop's self-pipe, so they are safe from any thread. On the
+  loop's own thread the poke is wasted: there asyncio's ``call_soon`` serves, and for
+  trio a system task of ours, parked until a callback is queued for it.
   (``anyio.from_thread.run_sync`` blocks the calling thread until the loop ran the
   function, and ``anyio.Event.set()`` from a foreign thread loses wake-ups on asyncio
   and raises on trio, so neither may be used from a driver callback.)
@@ -20,6 +22,8 @@ so they need no locks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -51,6 +55,11 @@ class BackendKit(Protocol):
 
         Returns False when the loop is gone (closed or its run finished).
         """
+        ...
+
+    def in_loop(self) -> bool:
+        """Whether the caller is this loop, running (a task or callback of it), where
+        :meth:`schedule` serves and a wake-up would be wasted. Any thread."""
         ...
 
     def schedule(self, fn: Callable[[], None]) -> None:
@@ -111,6 +120,10 @@ class _AsyncioKit:
         except RuntimeError:  # "Event loop is closed": nobody is left to wake.
             return False
         return True
+
+    def in_loop(self) -> bool:
+        loop = self._loop_ref()
+        return loop is not None and asyncio._get_running_loop() is loop
 
     def schedule(self, fn: Callable[[], None]) -> None:
         loop = self._loop_ref()
@@ -183,10 +196,18 @@ class _TrioWaiter:
 
 
 class _TrioKit:
-    __slots__ = ("_token_ref",)
+    __slots__ = ("_ended", "_parked", "_serving", "_soon", "_thread_id", "_token_ref")
 
     def __init__(self, token: Any) -> None:
         self._token_ref = weakref.ref(token)
+        # Made on the run's thread (for the running loop); the cheap path below is
+        # taken only there, and only inside this run.
+        self._thread_id = threading.get_ident()
+        # Callbacks for the runner task (see _serve), run in the next scheduler batch.
+        self._soon: list[Callable[[], None]] = []
+        self._parked: Any = None  # the runner task while it waits for callbacks
+        self._serving = False  # the runner task was started and has not ended
+        self._ended = False  # it has ended: the run is ending, use run_sync_soon
 
     def schedule_threadsafe(self, fn: Callable[[], None]) -> bool:
         token = self._token_ref()
@@ -200,13 +221,77 @@ class _TrioKit:
             return False
         return True
 
+    def in_loop(self) -> bool:
+        # The thread first: driver threads call this for every wake-up they send.
+        return threading.get_ident() == self._thread_id and self._in_this_run()
+
     def schedule(self, fn: Callable[[], None]) -> None:
-        token = self._token_ref()
-        assert token is not None  # called on the running loop, which is alive
-        # trio has no cheaper loop-thread variant. Its entry-queue task runs the
-        # callbacks queued before each of its passes and checkpoints between passes, so
-        # one queued from a callback waits for the next scheduler batch (and deadlines).
-        token.run_sync_soon(fn)
+        if not self._schedule_here(fn):
+            token = self._token_ref()
+            assert token is not None  # called on the running loop, which is alive
+            # The run is ending (the runner was cancelled): its entry queue still runs.
+            token.run_sync_soon(fn)
+
+    def _schedule_here(self, fn: Callable[[], None]) -> bool:
+        # Inside this run. run_sync_soon from there would write to trio's wake-up
+        # socket and have the entry-queue task read it back in a batch of its own:
+        # rescheduling a parked task of ours costs neither. False (and nothing done)
+        # once the runner has ended (the run is ending).
+        if not self._serving:
+            if self._ended:
+                return False
+            try:
+                trio.lowlevel.spawn_system_task(self._serve, name="async-cassandra portal")
+            except RuntimeError:  # the run's system nursery is closed: it is ending
+                self._ended = True
+                return False
+            self._serving = True
+        self._soon.append(fn)
+        task, self._parked = self._parked, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+        return True
+
+    def _in_this_run(self) -> bool:
+        # Another run may have this thread now, or none; or (guest mode) the host loop
+        # may be calling us between trio's batches.
+        try:
+            return trio.lowlevel.current_trio_token() is self._token_ref()
+        except RuntimeError:
+            return False
+
+    async def _serve(self) -> None:
+        # A system task: never raises but Cancelled (at the end of the run). Callbacks
+        # never raise (the schedule contract).
+        soon = self._soon
+        try:
+            while True:
+                if not soon:
+                    self._parked = trio.lowlevel.current_task()
+                    await trio.lowlevel.wait_task_rescheduled(self._unpark)
+                batch = soon[:]
+                soon.clear()
+                for fn in batch:
+                    fn()
+                if soon:
+                    # Queued by this pass's callbacks: for the next batch, after the
+                    # tasks they resumed and the deadlines, as run_sync_soon's are.
+                    await trio.lowlevel.checkpoint()
+        finally:
+            self._serving = False
+            self._ended = True
+            self._parked = None
+            token = self._token_ref()
+            if soon and token is not None:
+                # Still owed a call: the ending run's entry queue makes it.
+                with contextlib.suppress(trio.RunFinishedError):
+                    for fn in soon:
+                        token.run_sync_soon(fn)
+            soon.clear()
+
+    def _unpark(self, _raise_cancel: Any) -> Any:
+        self._parked = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     def clock(self) -> float:
         return trio.current_time()

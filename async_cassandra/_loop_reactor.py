@@ -46,6 +46,7 @@ class ReadyConnection(Protocol):
 
     _socket: Any
     endpoint: Any
+    in_flight: int  # the driver's count of requests sent and not yet answered
 
     def handle_readable(self) -> bool: ...
     def defunct(self, exc: BaseException) -> Any: ...
@@ -62,6 +63,10 @@ def loop_gone(what: str) -> ConnectionShutdown:
 
 class ConnectionIO(Protocol):
     """One connection's socket on the loop. Methods on the loop thread only."""
+
+    # Messages written as they were sent (alone in flight, see alone_in_flight), not
+    # in the loop's next turn: for tests and introspection.
+    direct_writes: int
 
     def start(self) -> None: ...
     def send(self, data: bytes) -> None: ...
@@ -153,6 +158,17 @@ class LoopTimer(Timer):  # type: ignore[misc]
                 handle.cancel()
 
 
+def alone_in_flight(connection: ReadyConnection) -> bool:
+    """Whether a message queued now is better written at once than in the loop's next
+    turn: its request is the connection's only one in flight (or it is no request: a
+    heartbeat, the handshake). Waiting for the turn lets the messages of every task the
+    turn resumes go out in one ``send``, which pays when requests answer in bursts; a
+    lone request would only wait a turn (a poll of the selector) for nothing. The
+    default connection class writes at once on the same condition (see
+    ``_driver.DirectWriteConnection``)."""
+    return connection.in_flight <= 1
+
+
 def send_queued(out: list[Any], sock: Any, connection: ReadyConnection) -> Any:
     """Send the messages queued in ``out`` (emptied) in one ``send``, as far as the socket
     takes them. Returns the rest (empty when all went), or None when the socket failed:
@@ -213,6 +229,7 @@ class _AsyncioIO:
         "_out",
         "_socket",
         "_waiting_writable",
+        "direct_writes",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, connection: ReadyConnection) -> None:
@@ -226,6 +243,7 @@ class _AsyncioIO:
         self._flushing = False
         self._waiting_writable = False  # a writer callback waits for the socket
         self._closed = False
+        self.direct_writes = 0
 
     def start(self) -> None:
         if not self._closed:
@@ -237,9 +255,13 @@ class _AsyncioIO:
         self._out.append(data)
         if not self._flushing:
             self._flushing = True
-            # Written after the current turn's other callbacks: every message the
-            # tasks resumed in this turn send goes out in one send().
-            self._loop.call_soon(self._flush)
+            if alone_in_flight(self._connection):
+                self.direct_writes += 1
+                self._flush()
+            else:
+                # Written after the current turn's other callbacks: every message the
+                # tasks resumed in this turn send goes out in one send().
+                self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         if self._closed:
@@ -384,6 +406,7 @@ class _TrioIO:
         self._parked_writer: Any = None  # the writer task while it waits for data
         self._scopes = (trio.CancelScope(), trio.CancelScope())
         self._closed = False
+        self.direct_writes = 0
 
     def start(self) -> None:
         if self._closed:
@@ -397,10 +420,20 @@ class _TrioIO:
             return  # the connection's requests were failed when it closed
         self._out.append(data)
         writer, self._parked_writer = self._parked_writer, None
-        if writer is not None:
-            # Runs in the next scheduler batch, after the tasks of this one: what they
-            # all send goes out in one send().
-            trio.lowlevel.reschedule(writer)
+        if writer is None:
+            return  # the writer is at work, and sends this after what it holds
+        if alone_in_flight(self._connection):
+            self.direct_writes += 1
+            rest = send_queued(self._out, self._socket, self._connection)
+            if rest is None:
+                return  # defunct: the writer ends when the connection closes it
+            if not rest:
+                self._parked_writer = writer  # still waiting: nothing was left over
+                return
+            self._out.append(rest)
+        # Runs in the next scheduler batch, after the tasks of this one: what they all
+        # send goes out in one send().
+        trio.lowlevel.reschedule(writer)
 
     def close(self) -> None:
         if self._closed:

@@ -5,8 +5,10 @@ executor threads, or inline on the caller when the result is already there. A
 :class:`Portal` belongs to one running event loop. Any thread hands it ``(waiter,
 value)`` pairs with :meth:`Portal.deliver`; the portal queues them and makes sure at
 most one wake-up of its loop is pending, so a burst of completions costs one
-``call_soon_threadsafe`` (or ``run_sync_soon``), not one each. The drain then resolves
-the waiters on the loop thread, :data:`DRAIN_BATCH` per turn of the loop.
+``call_soon_threadsafe`` (or ``run_sync_soon``), not one each, and a completion on the
+loop's own thread (``EventLoopConnection`` reads answers there) costs none: the loop is
+awake. The drain then resolves the waiters on the loop thread, :data:`DRAIN_BATCH` per
+turn of the loop.
 
 The portal never blocks the calling thread (a lock held for a few bytecodes is all),
 never raises into it, and drops results whose waiter was cancelled.
@@ -73,6 +75,12 @@ class Portal:
                 # this item: it clears the flag *before* it empties the queue.
                 return True
             self._wake_pending = True
+        if self._kit.in_loop():
+            # The loop's own thread (EventLoopConnection's reader, or a completion
+            # inline on the caller): the loop is awake, a wake-up would only cost a
+            # write to its self-pipe and a turn to read it back.
+            self._kit.schedule(self._drain_batch)
+            return True
         if not self._kit.schedule_threadsafe(self._drain):
             # The loop is gone; so are its waiters. Forget what was queued.
             self._queue.clear()

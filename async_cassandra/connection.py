@@ -131,6 +131,14 @@ class EventLoopConnection(Connection):  # type: ignore[misc]
             raise
         self._send_options_message()
 
+    @property
+    def direct_writes(self) -> int:
+        """Messages written to the socket as they were sent, not in the loop's next
+        turn with the others of its turn: those of a request alone in flight on this
+        connection (as with the default ``DirectWriteConnection``). For tests and
+        introspection."""
+        return self._io.direct_writes
+
     def push(self, data: bytes) -> None:
         # Any thread: the loop's (requests), other loops' threads and the driver's
         # (heartbeats, control queries). Each message is queued whole, in order per

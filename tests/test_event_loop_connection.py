@@ -107,6 +107,29 @@ async def test_answers_are_read_and_completed_on_the_loops_thread(
     assert rows == keys
 
 
+async def test_a_lone_request_is_written_at_once_and_a_turns_requests_together(
+    loop_session: AsyncCassandraSession,
+) -> None:
+    # Alone in flight, a request waiting for the loop's next turn would only lose that
+    # turn; with many in flight, the requests of one turn go out in one send.
+    session = loop_session
+    select = await session.prepare("SELECT release_version FROM system.local WHERE key = ?")
+    connections = pool_connections(session)
+
+    def direct_writes() -> int:
+        return sum(connection.direct_writes for connection in connections)
+
+    before = direct_writes()
+    for _ in range(50):
+        assert (await session.execute(select, ["local"])).one() is not None
+    assert direct_writes() - before == 50
+    before = direct_writes()
+    async with anyio.create_task_group() as tasks:
+        for _ in range(64):
+            tasks.start_soon(session.execute, select, ["local"])
+    assert direct_writes() - before < 32
+
+
 async def test_a_message_larger_than_the_socket_takes_arrives_whole(
     loop_session: AsyncCassandraSession, ks: str
 ) -> None:

@@ -159,6 +159,72 @@ def test_delivering_to_a_finished_loop_is_harmless() -> None:
         assert portal.pending == 0
 
 
+async def test_completions_on_the_loops_own_thread_need_no_wake_up() -> None:
+    # EventLoopConnection reads answers on the loop's thread, and a driver callback can
+    # run inline on the caller: the loop is awake then, so no self-pipe write (or
+    # trio wake-up socket write) and no turn spent reading it back.
+    portal = current_portal()
+    waiters = [portal.new_waiter() for _ in range(100)]
+    before = portal.wakeups
+    for index, waiter in enumerate(waiters[:50]):
+        assert portal.deliver(waiter, index)
+    await anyio.lowlevel.checkpoint()
+    for index, waiter in enumerate(waiters[50:], 50):
+        assert portal.deliver(waiter, index)
+    assert [await waiter.wait() for waiter in waiters] == list(range(100))
+    assert portal.wakeups == before
+    assert portal.pending == 0
+
+
+def test_a_finished_loop_is_not_served_by_a_later_one_on_its_thread() -> None:
+    # The thread alone does not say which loop is running on it.
+    async def make() -> tuple[Portal, Any]:
+        portal = current_portal()
+        return portal, portal.new_waiter()
+
+    for backend in ("asyncio", "trio"):
+        portal, waiter = anyio.run(make, backend=backend)
+
+        async def later() -> bool:
+            return portal.deliver(waiter, 1)  # noqa: B023
+
+        assert anyio.run(later, backend=backend) is False
+        assert portal.pending == 0
+
+
+async def test_callbacks_scheduled_on_the_loop_run_in_order_in_later_turns() -> None:
+    kit = kit_for(current_token())
+    ran: list[str] = []
+
+    def first() -> None:
+        ran.append("first")
+        kit.schedule(lambda: ran.append("third"))  # from a callback: a later turn
+
+    kit.schedule(first)
+    kit.schedule(lambda: ran.append("second"))
+    assert ran == []  # never at once
+    await wait_until(lambda: len(ran) == 3, "the three callbacks ran")
+    assert ran == ["first", "second", "third"]
+
+
+def test_callbacks_still_owed_when_a_trio_run_ends_are_run() -> None:
+    # The trio kit's callbacks are run by a system task of the run, which the end of
+    # the run cancels: what it still owes goes to the run's entry queue.
+    ran: list[str] = []
+
+    async def main() -> None:
+        kit = kit_for(current_token())
+
+        def first() -> None:
+            ran.append("first")
+            kit.schedule(lambda: ran.append("second"))
+
+        kit.schedule(first)
+
+    anyio.run(main, backend="trio")
+    assert ran == ["first", "second"]
+
+
 async def test_limiter_hands_a_released_slot_to_the_next_waiter() -> None:
     limiter = InFlightLimiter(2)
     portal = current_portal()
