@@ -24,7 +24,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from anyio.lowlevel import current_token
 from cassandra.connection import ConnectionShutdown, Timer
@@ -36,7 +36,15 @@ try:  # trio is an optional extra
 except ImportError:  # pragma: no cover - exercised only without the extra
     trio = None  # type: ignore[assignment]
 
-__all__ = ["ConnectionIO", "LoopTimer", "Reactor", "reactor_for_running_loop"]
+__all__ = [
+    "ConnectionIO",
+    "LoopTimer",
+    "Reactor",
+    "bind_to_running_loop",
+    "close_reactor",
+    "loop_gone_hint",
+    "reactor_for_running_loop",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +61,12 @@ class ReadyConnection(Protocol):
 
 
 def loop_gone(what: str) -> ConnectionShutdown:
-    """The error of a connection whose loop has closed (or whose run has finished)."""
+    """The error of a connection whose loop has closed (or whose run has finished).
+    What to do about it is :func:`loop_gone_hint`'s, which the library's errors carry."""
     return ConnectionShutdown(
         f"the {what} that served this connection is gone: a cluster made with "
         "connection_class=EventLoopConnection does its I/O on the event loop that "
-        "connected it; keep that loop running until the cluster is shut down"
+        "connected it"
     )
 
 
@@ -496,3 +505,39 @@ def reactor_for_running_loop() -> Reactor:
     if backend_of(native) == "asyncio":
         return _AsyncioReactor(native)  # type: ignore[arg-type]
     return _TrioReactor(native)
+
+
+_Class = TypeVar("_Class", bound=type)
+
+
+def bind_to_running_loop(connection_class: _Class) -> _Class:
+    """A subclass of ``connection_class`` (an ``EventLoopConnection``) served by the
+    running event loop, for one cluster. Loop thread."""
+    reactor = reactor_for_running_loop()
+    bound: Any = type(connection_class.__name__, (connection_class,), {"_reactor": reactor})
+    return bound  # type: ignore[no-any-return]
+
+
+def loop_gone_hint(cluster: Any) -> str | None:
+    """What to do when ``cluster`` (a driver ``Cluster``) failed a request because the
+    event loop serving its connections is gone; None for any other cluster."""
+    reactor: Reactor | None = getattr(cluster.connection_class, "_reactor", None)
+    if reactor is None or not reactor.gone:
+        return None
+    return (
+        "This cluster's connections (connection_class=EventLoopConnection) were served "
+        "by the event loop that connected it, which has closed or finished: keep that "
+        "loop running until the cluster is shut down, or use the default "
+        "connection_class, whose I/O does not depend on any loop"
+    )
+
+
+def close_reactor(bound: type) -> None:
+    """Stop what the reactor of a class made by :func:`bind_to_running_loop` runs of
+    its own; after the cluster's connections are closed. Any thread; nothing to do
+    when the loop is gone."""
+    reactor: Reactor | None = getattr(bound, "_reactor", None)
+    if reactor is None:
+        return
+    with contextlib.suppress(ConnectionShutdown):
+        call_on_loop(reactor, reactor.close)

@@ -21,8 +21,8 @@ from cassandra.connection import ConnectionException
 
 from . import _driver
 from ._backends import Waiter
+from ._loop_reactor import loop_gone_hint
 from ._portal import InFlightLimiter, Portal
-from .connection import loop_gone_hint
 from .exceptions import TimeoutError, translate_driver_error
 
 __all__ = [

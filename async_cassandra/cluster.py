@@ -19,10 +19,11 @@ from cassandra.cluster import Cluster as DriverCluster
 from cassandra.policies import ExponentialReconnectionPolicy
 
 from . import _driver
+from ._loop_reactor import bind_to_running_loop, close_reactor, loop_gone_hint
 from ._observing import checked_observers
 from ._offloop import OffLoopCalls
 from ._resources import CLOSE_TIMEOUT, SessionResources, close_in_exit, close_within
-from .connection import EventLoopConnection, bind_to_running_loop, close_reactor, loop_gone_hint
+from .connection import EventLoopConnection
 from .constants import DEFAULT_CONNECTION_TIMEOUT
 from .exceptions import (
     AuthenticationError,

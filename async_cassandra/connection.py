@@ -50,13 +50,12 @@ on the ``await``, never on the socket.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from typing import Any, ClassVar
 
 from cassandra.connection import Connection, ConnectionException, ConnectionShutdown
 
-from ._loop_reactor import LoopTimer, Reactor, call_on_loop, reactor_for_running_loop
+from ._loop_reactor import LoopTimer, Reactor, call_on_loop
 
 __all__ = ["EventLoopConnection"]
 
@@ -74,7 +73,8 @@ class EventLoopConnection(Connection):  # type: ignore[misc]
     documentation for what it changes and the rules that come with it.
     """
 
-    # Set on the subclass that :func:`bind_to_running_loop` makes for one cluster.
+    # Set on the subclass that ``_loop_reactor.bind_to_running_loop`` makes for one
+    # cluster.
     _reactor: ClassVar[Reactor | None] = None
 
     @classmethod
@@ -199,35 +199,3 @@ class EventLoopConnection(Connection):  # type: ignore[misc]
             self.defunct(ConnectionShutdown(closed))
             return False
         return not self.is_closed
-
-
-def bind_to_running_loop(connection_class: type[EventLoopConnection]) -> type[EventLoopConnection]:
-    """A subclass of ``connection_class`` served by the running event loop, for one
-    cluster. Loop thread."""
-    reactor = reactor_for_running_loop()
-    return type(connection_class.__name__, (connection_class,), {"_reactor": reactor})
-
-
-def loop_gone_hint(cluster: Any) -> str | None:
-    """What to do when ``cluster`` (a driver ``Cluster``) failed a request because the
-    event loop serving its connections is gone; None for any other cluster."""
-    reactor: Reactor | None = getattr(cluster.connection_class, "_reactor", None)
-    if reactor is None or not reactor.gone:
-        return None
-    return (
-        "This cluster's connections (connection_class=EventLoopConnection) were served by "
-        "the event loop that connected it, which has closed or finished: keep that loop "
-        "running until the cluster is shut down, or use the default connection_class, "
-        "whose I/O does not depend on any loop"
-    )
-
-
-def close_reactor(bound: type[EventLoopConnection]) -> None:
-    """Stop what the reactor of a class made by :func:`bind_to_running_loop` runs of
-    its own; after the cluster's connections are closed. Any thread; nothing to do
-    when the loop is gone."""
-    reactor = bound._reactor
-    if reactor is None:
-        return
-    with contextlib.suppress(ConnectionShutdown):
-        call_on_loop(reactor, reactor.close)

@@ -20,6 +20,7 @@ from cassandra.query import BoundStatement, PreparedStatement, SimpleStatement, 
 
 from . import _driver
 from ._binding import bind_prepared, bind_string
+from ._loop_reactor import loop_gone_hint
 from ._observing import (
     checked_observers,
     observe_prepare,
@@ -35,7 +36,6 @@ from ._prepared_cache import PreparedCache
 from ._request import DriverRequest, caller_deadline
 from ._resources import CLOSE_TIMEOUT, SessionResources, close_in_exit, close_within
 from ._rows import JoinedPages, as_row_list, rows_maker
-from .connection import loop_gone_hint
 from .exceptions import (
     ConfigurationError,
     ConnectionError,
