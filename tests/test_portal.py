@@ -146,13 +146,15 @@ async def test_one_portal_per_loop() -> None:
     assert other is not current_portal()
 
 
-def test_delivering_to_a_finished_loop_is_harmless() -> None:
-    async def make() -> tuple[Portal, Any]:
-        portal = current_portal()
-        return portal, portal.new_waiter()
+async def portal_and_waiter() -> tuple[Portal, Any]:
+    """The running loop's portal and a waiter of it (for a run that then ends)."""
+    portal = current_portal()
+    return portal, portal.new_waiter()
 
+
+def test_delivering_to_a_finished_loop_is_harmless() -> None:
     for backend in ("asyncio", "trio"):
-        portal, waiter = anyio.run(make, backend=backend)
+        portal, waiter = anyio.run(portal_and_waiter, backend=backend)
         outcome: list[bool] = []
         in_thread(lambda: outcome.append(portal.deliver(waiter, 1)))  # noqa: B023
         assert outcome == [False]
@@ -178,12 +180,8 @@ async def test_completions_on_the_loops_own_thread_need_no_wake_up() -> None:
 
 def test_a_finished_loop_is_not_served_by_a_later_one_on_its_thread() -> None:
     # The thread alone does not say which loop is running on it.
-    async def make() -> tuple[Portal, Any]:
-        portal = current_portal()
-        return portal, portal.new_waiter()
-
     for backend in ("asyncio", "trio"):
-        portal, waiter = anyio.run(make, backend=backend)
+        portal, waiter = anyio.run(portal_and_waiter, backend=backend)
 
         async def later() -> bool:
             return portal.deliver(waiter, 1)  # noqa: B023
