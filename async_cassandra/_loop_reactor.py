@@ -178,6 +178,23 @@ def alone_in_flight(connection: ReadyConnection) -> bool:
     return connection.in_flight <= 1
 
 
+def send_at_once(out: list[Any], sock: Any) -> None:
+    """Send the one message ``out`` holds now, as far as the socket takes it; what it
+    does not take stays in ``out``, and so does all of it on a socket error. That error
+    is left for the writer's turn (:func:`send_queued`), as the default connection class
+    leaves it to its reactor: failing the connection here would run every request's
+    callback inside the driver's ``send_msg`` of the one being sent."""
+    try:
+        sent = sock.send(out[0])
+    except OSError:
+        return
+    rest = memoryview(out[0])[sent:]
+    if rest:
+        out[0] = rest
+    else:
+        out.clear()
+
+
 def send_queued(out: list[Any], sock: Any, connection: ReadyConnection) -> Any:
     """Send the messages queued in ``out`` (emptied) in one ``send``, as far as the socket
     takes them. Returns the rest (empty when all went), or None when the socket failed:
@@ -266,11 +283,14 @@ class _AsyncioIO:
             self._flushing = True
             if alone_in_flight(self._connection):
                 self.direct_writes += 1
-                self._flush()
-            else:
-                # Written after the current turn's other callbacks: every message the
-                # tasks resumed in this turn send goes out in one send().
-                self._loop.call_soon(self._flush)
+                send_at_once(self._out, self._socket)
+                if not self._out:
+                    self._flushing = False
+                    return
+            # Written after the current turn's other callbacks: every message the tasks
+            # resumed in this turn send goes out in one send() (and a lone message's
+            # rest, or its error, is met there).
+            self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         if self._closed:
@@ -433,15 +453,12 @@ class _TrioIO:
             return  # the writer is at work, and sends this after what it holds
         if alone_in_flight(self._connection):
             self.direct_writes += 1
-            rest = send_queued(self._out, self._socket, self._connection)
-            if rest is None:
-                return  # defunct: the writer ends when the connection closes it
-            if not rest:
+            send_at_once(self._out, self._socket)
+            if not self._out:
                 self._parked_writer = writer  # still waiting: nothing was left over
                 return
-            self._out.append(rest)
         # Runs in the next scheduler batch, after the tasks of this one: what they all
-        # send goes out in one send().
+        # send goes out in one send() (and a lone message's rest, or its error).
         trio.lowlevel.reschedule(writer)
 
     def close(self) -> None:

@@ -45,7 +45,6 @@ from async_cassandra import (
 from async_cassandra._loop_reactor import (
     LoopTimer,
     bind_to_running_loop,
-    close_reactor,
     reactor_for_running_loop,
 )
 from async_cassandra.connection import EventLoopConnection
@@ -350,9 +349,10 @@ async def test_cancelled_timers_are_not_held_until_due() -> None:
         reactor.close()
 
 
-async def test_the_end_of_the_stream_defuncts_the_connection() -> None:
-    # A connection over a socket pair, with the state reading uses (its __init__ would
-    # connect to a node); the peer closes its end as a node that goes away does.
+def socket_pair_connection() -> tuple[EventLoopConnection, socket.socket, Any]:
+    """An EventLoopConnection over one end of a socket pair, with the state its I/O uses
+    (its __init__ would connect to a node), not started; the other end, and the
+    reactor. Loop thread."""
     bound = bind_to_running_loop(EventLoopConnection)
     connection = bound.__new__(bound)
     Connection.__init__(connection, DefaultEndPoint("127.0.0.1", 9042))
@@ -363,6 +363,34 @@ async def test_the_end_of_the_stream_defuncts_the_connection() -> None:
     connection._socket = ours
     connection._loop_reactor = reactor
     connection._io = reactor.io_for(connection)
+    return connection, peer, reactor
+
+
+async def test_a_failed_direct_write_fails_the_connection_in_the_writers_turn() -> None:
+    # The driver pushes from its send_msg with the request registered: failing the
+    # connection inside push would run every request's callback inside that call.
+    connection, peer, reactor = socket_pair_connection()
+    try:
+        connection._io.start()
+        # trio's writer task parks once it has run; asyncio's writer is a callback.
+        await wait_until(
+            lambda: getattr(connection._io, "_parked_writer", True) is not None, "writer parked"
+        )
+        peer.close()  # what the socket meets now is an error (EPIPE), not a full buffer
+        connection.push(b"a request alone in flight")
+        assert connection.direct_writes == 1
+        assert not connection.is_defunct
+        await wait_until(lambda: connection.is_defunct, "the connection fails in a later turn")
+        assert isinstance(connection.last_error, (OSError, ConnectionShutdown))
+    finally:
+        connection.close()
+        peer.close()
+        reactor.close()
+
+
+async def test_the_end_of_the_stream_defuncts_the_connection() -> None:
+    # The peer closes its end as a node that goes away does.
+    connection, peer, reactor = socket_pair_connection()
     try:
         peer.close()
         assert connection.handle_readable() is False
@@ -370,10 +398,10 @@ async def test_the_end_of_the_stream_defuncts_the_connection() -> None:
         assert connection.is_closed
         assert isinstance(connection.last_error, ConnectionShutdown)
         assert "was closed by the server" in str(connection.last_error)
-        assert ours.fileno() == -1  # closed by the connection
+        assert connection._socket.fileno() == -1  # closed by the connection
     finally:
-        ours.close()
-        close_reactor(bound)
+        connection._socket.close()
+        reactor.close()
 
 
 async def test_a_cancelled_timer_lets_go_of_its_callback_at_once() -> None:
