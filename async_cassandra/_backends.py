@@ -36,7 +36,7 @@ try:  # trio is an optional extra; its kit is only built when a trio loop is run
 except ImportError:  # pragma: no cover - exercised only without the extra
     trio = None  # type: ignore[assignment]
 
-__all__ = ["BackendKit", "Waiter", "backend_of", "is_cancellation", "kit_for"]
+__all__ = ["BackendKit", "ParkedTask", "Waiter", "backend_of", "is_cancellation", "kit_for"]
 
 
 class Waiter(Protocol):
@@ -195,8 +195,38 @@ class _TrioWaiter:
         return await trio.lowlevel.wait_task_rescheduled(abort)
 
 
+class ParkedTask:
+    """A trio task of the library that waits, parked, until code of the same run has
+    work for it: cheaper than an event, with no wake-up of the loop (trio only)."""
+
+    __slots__ = ("_task",)
+
+    def __init__(self) -> None:
+        self._task: Any = None
+
+    @property
+    def parked(self) -> bool:
+        return self._task is not None
+
+    async def park(self) -> None:
+        """Wait until :meth:`wake`. Cancellation (the end of the run, or the task's own
+        scope) raises ``Cancelled`` here and leaves it unparked."""
+        self._task = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
+
+    def wake(self) -> None:
+        """Resume the task in the next scheduler batch, if it is parked. Its run only."""
+        task, self._task = self._task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+
+    def _abort(self, _raise_cancel: Any) -> Any:
+        self._task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+
 class _TrioKit:
-    __slots__ = ("_ended", "_parked", "_serving", "_soon", "_thread_id", "_token_ref")
+    __slots__ = ("_ended", "_runner", "_serving", "_soon", "_thread_id", "_token_ref")
 
     def __init__(self, token: Any) -> None:
         self._token_ref = weakref.ref(token)
@@ -205,7 +235,7 @@ class _TrioKit:
         self._thread_id = threading.get_ident()
         # Callbacks for the runner task (see _serve), run in the next scheduler batch.
         self._soon: list[Callable[[], None]] = []
-        self._parked: Any = None  # the runner task while it waits for callbacks
+        self._runner = ParkedTask()  # runs them (see _serve)
         self._serving = False  # the runner task was started and has not ended
         self._ended = False  # it has ended: the run is ending, use run_sync_soon
 
@@ -247,9 +277,7 @@ class _TrioKit:
                 return False
             self._serving = True
         self._soon.append(fn)
-        task, self._parked = self._parked, None
-        if task is not None:
-            trio.lowlevel.reschedule(task)
+        self._runner.wake()
         return True
 
     def _in_this_run(self) -> bool:
@@ -267,8 +295,7 @@ class _TrioKit:
         try:
             while True:
                 if not soon:
-                    self._parked = trio.lowlevel.current_task()
-                    await trio.lowlevel.wait_task_rescheduled(self._unpark)
+                    await self._runner.park()
                 batch = soon[:]
                 soon.clear()
                 for fn in batch:
@@ -280,7 +307,6 @@ class _TrioKit:
         finally:
             self._serving = False
             self._ended = True
-            self._parked = None
             token = self._token_ref()
             if soon and token is not None:
                 # Still owed a call: the ending run's entry queue makes it.
@@ -288,10 +314,6 @@ class _TrioKit:
                     for fn in soon:
                         token.run_sync_soon(fn)
             soon.clear()
-
-    def _unpark(self, _raise_cancel: Any) -> Any:
-        self._parked = None
-        return trio.lowlevel.Abort.SUCCEEDED
 
     def clock(self) -> float:
         return trio.current_time()

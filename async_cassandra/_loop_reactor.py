@@ -24,12 +24,12 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from anyio.lowlevel import current_token
 from cassandra.connection import ConnectionShutdown, Timer
 
-from ._backends import backend_of
+from ._backends import ParkedTask, backend_of
 
 try:  # trio is an optional extra
     import trio
@@ -279,18 +279,18 @@ class _AsyncioIO:
         if self._closed:
             return  # the connection's requests were failed when it closed
         self._out.append(data)
-        if not self._flushing:
-            self._flushing = True
-            if alone_in_flight(self._connection):
-                self.direct_writes += 1
-                send_at_once(self._out, self._socket)
-                if not self._out:
-                    self._flushing = False
-                    return
-            # Written after the current turn's other callbacks: every message the tasks
-            # resumed in this turn send goes out in one send() (and a lone message's
-            # rest, or its error, is met there).
-            self._loop.call_soon(self._flush)
+        if self._flushing:
+            return  # goes out with what the scheduled flush (or writer) sends
+        if alone_in_flight(self._connection):
+            self.direct_writes += 1
+            send_at_once(self._out, self._socket)
+            if not self._out:
+                return
+        self._flushing = True
+        # Written after the current turn's other callbacks: every message the tasks
+        # resumed in this turn send goes out in one send() (and a lone message's rest,
+        # or its error, is met there).
+        self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         if self._closed:
@@ -432,7 +432,7 @@ class _TrioIO:
         self._connection = connection
         self._socket = connection._socket
         self._out: list[Any] = []
-        self._parked_writer: Any = None  # the writer task while it waits for data
+        self._writer = ParkedTask()  # parked while nothing is queued
         self._scopes = (trio.CancelScope(), trio.CancelScope())
         self._closed = False
         self.direct_writes = 0
@@ -448,18 +448,16 @@ class _TrioIO:
         if self._closed:
             return  # the connection's requests were failed when it closed
         self._out.append(data)
-        writer, self._parked_writer = self._parked_writer, None
-        if writer is None:
+        if not self._writer.parked:
             return  # the writer is at work, and sends this after what it holds
         if alone_in_flight(self._connection):
             self.direct_writes += 1
             send_at_once(self._out, self._socket)
             if not self._out:
-                self._parked_writer = writer  # still waiting: nothing was left over
-                return
+                return  # all sent: the writer stays parked
         # Runs in the next scheduler batch, after the tasks of this one: what they all
         # send goes out in one send() (and a lone message's rest, or its error).
-        trio.lowlevel.reschedule(writer)
+        self._writer.wake()
 
     def close(self) -> None:
         if self._closed:
@@ -491,8 +489,7 @@ class _TrioIO:
             with self._scopes[1]:
                 while True:
                     if not out:
-                        self._parked_writer = trio.lowlevel.current_task()
-                        await trio.lowlevel.wait_task_rescheduled(self._unpark)
+                        await self._writer.park()
                     rest = send_queued(out, self._socket, self._connection)
                     if rest is None:
                         return
@@ -505,10 +502,6 @@ class _TrioIO:
             raise
         except (trio.ClosedResourceError, OSError):
             return
-
-    def _unpark(self, _raise_cancel: Any) -> Any:
-        self._parked_writer = None
-        return trio.lowlevel.Abort.SUCCEEDED
 
     def _lost_the_run(self) -> None:
         # Cancelled from outside our scopes: the run is ending with the connection open.
@@ -531,8 +524,7 @@ def bind_to_running_loop(connection_class: _Class) -> _Class:
     """A subclass of ``connection_class`` (an ``EventLoopConnection``) served by the
     running event loop, for one cluster. Loop thread."""
     reactor = reactor_for_running_loop()
-    bound: Any = type(connection_class.__name__, (connection_class,), {"_reactor": reactor})
-    return bound  # type: ignore[no-any-return]
+    return cast(_Class, type(connection_class.__name__, (connection_class,), {"_reactor": reactor}))
 
 
 def loop_gone_hint(cluster: Any) -> str | None:

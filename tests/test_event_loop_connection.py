@@ -373,9 +373,8 @@ async def test_a_failed_direct_write_fails_the_connection_in_the_writers_turn() 
     try:
         connection._io.start()
         # trio's writer task parks once it has run; asyncio's writer is a callback.
-        await wait_until(
-            lambda: getattr(connection._io, "_parked_writer", True) is not None, "writer parked"
-        )
+        writer = getattr(connection._io, "_writer", None)
+        await wait_until(lambda: writer is None or writer.parked, "writer parked")
         peer.close()  # what the socket meets now is an error (EPIPE), not a full buffer
         connection.push(b"a request alone in flight")
         assert connection.direct_writes == 1
