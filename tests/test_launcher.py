@@ -28,7 +28,13 @@ from cassandra.query import SimpleStatement
 from async_cassandra.testing import LauncherError, LocalCassandra, cache_dir
 from async_cassandra.testing._config import MAIN_CLASS
 from async_cassandra.testing._java import find_java
-from async_cassandra.testing._pidfile import NODE_MARKER, PidRecord, pid_file
+from async_cassandra.testing._pidfile import (
+    NODE_MARKER,
+    PidRecord,
+    clear_stale,
+    network_namespace,
+    pid_file,
+)
 from async_cassandra.testing._process import proc_alive, start_time
 
 REPO = Path(__file__).resolve().parents[1]
@@ -183,6 +189,37 @@ def test_node_of_a_live_run_is_not_killed(tmp_path: Path) -> None:
         fake.kill()
         fake.wait()
         pid_file("127.0.3.9", 9042).unlink(missing_ok=True)
+
+
+def test_a_node_in_another_network_namespace_is_not_in_the_way(tmp_path: Path) -> None:
+    # The same address and port in another network namespace (`ip netns exec`) is
+    # another socket: a live run's node recorded there must not stop a start here. The
+    # stand-in is as in the test above; clear_stale is the launcher's check before a
+    # start (the same record in this namespace's pid file makes it refuse).
+    node_dir = tmp_path / "node1"
+    node_dir.mkdir()
+    (node_dir / NODE_MARKER).touch()
+    fake = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)", MAIN_CLASS, str(node_dir)]
+    )
+    elsewhere = pid_file("127.0.3.10", 9042, namespace="net1")
+    here = pid_file("127.0.3.10", 9042)
+    try:
+        assert network_namespace() != "net1"
+        record = PidRecord(fake.pid, node_dir, None, os.getpid(), start_time(os.getpid()))
+        record.write(elsewhere)
+        clear_stale("127.0.3.10", 9042)  # nothing of this namespace's: no error
+        assert fake.poll() is None
+        assert elsewhere.exists()
+        record.write(here)
+        with pytest.raises(LauncherError, match="of another running process"):
+            clear_stale("127.0.3.10", 9042)
+        assert fake.poll() is None
+    finally:
+        fake.kill()
+        fake.wait()
+        elsewhere.unlink(missing_ok=True)
+        here.unlink(missing_ok=True)
 
 
 def test_bad_java_path_fails_fast() -> None:

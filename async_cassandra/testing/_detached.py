@@ -1,8 +1,9 @@
 """Nodes that outlive the process that started them: what ``python -m
 async_cassandra.testing start|stop|status`` does.
 
-Their data lives under ``<cache>/run/<address>-<port>/`` with a ``cluster.json`` naming
-the nodes, and their pid files name no owner, so only :func:`stop_detached` stops them.
+Their data lives under ``<cache>/run/<address>-<port>@<netns>/`` (the network namespace:
+see _pidfile) with a ``cluster.json`` naming the nodes, and their pid files name no
+owner, so only :func:`stop_detached` stops them.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from pathlib import Path
 from ._maven import LauncherError
 from ._net import env_port
 from ._node import LocalCassandra, detached_cluster
-from ._pidfile import PidRecord, pid_file, run_dir, stop_recorded_node
+from ._pidfile import PidRecord, network_namespace, pid_file, run_dir, stop_recorded_node
 
 __all__ = ["DetachedNode", "detached_status", "start_detached", "stop_detached"]
 
 
 def _detached_dir(address: str, native_port: int) -> Path:
-    return run_dir() / f"{address}-{native_port}"
+    return run_dir() / f"{address}-{native_port}@{network_namespace()}"
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def start_detached(
     startup_timeout: float = 180.0,
 ) -> LocalCassandra:
     """Start nodes that outlive this process (what ``python -m async_cassandra.testing
-    start`` does), with their data under ``<cache>/run/<address>-<port>/``.
+    start`` does), with their data under ``<cache>/run/<address>-<port>@<netns>/``.
 
     Stop them with :func:`stop_detached`. Nothing else stops them: no other launcher
     treats them as stale.

@@ -1,9 +1,12 @@
 """Pid files: how a node outlives the run that started it without being lost.
 
-Every node we start gets ``<cache>/run/<address>-<port>.pid``, naming its JVM, its node
-directory and the Python process that owns it. A later launcher reads them to clean up
-after a run that was killed (its nodes died with it, or still hold their ports) and to
-refuse to touch a node that a live process, or the CLI, still owns.
+Every node we start gets ``<cache>/run/<address>-<port>@<netns>.pid``, naming its JVM,
+its node directory and the Python process that owns it. An address and port are taken
+within one network namespace only (``ip netns exec`` gives a run its own 127.0.0.1), so
+the file names the namespace too: runs in two namespaces never see each other's nodes.
+A later launcher reads them to clean up after a run that was killed (its nodes died
+with it, or still hold their ports) and to refuse to touch a node that a live process,
+or the CLI, still owns.
 
 A pid file whose JVM is gone while its owner still runs belongs to a node stopped on
 purpose (``stop_node`` / ``kill``), which its owner may start again on the same data: it
@@ -13,6 +16,7 @@ is left alone until its owner stops the cluster or dies.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -28,6 +32,7 @@ __all__ = [
     "PidRecord",
     "clean_dead_pid_files",
     "clear_stale",
+    "network_namespace",
     "pid_file",
     "rm_node_dir",
     "run_dir",
@@ -44,9 +49,21 @@ def run_dir() -> Path:
     return cache_dir() / "run"
 
 
-def pid_file(address: str, native_port: int) -> Path:
-    """The pid file of the node on ``address:native_port``."""
-    return run_dir() / f"{address}-{native_port}.pid"
+@functools.cache
+def network_namespace() -> str:
+    """This process's network namespace, as a name part: ``net`` and the namespace's
+    inode number (``net4026531840``), or ``net`` where /proc does not say."""
+    try:
+        link = os.readlink("/proc/self/ns/net")  # "net:[4026531840]"
+    except OSError:
+        return "net"
+    return "net" + "".join(filter(str.isdigit, link))
+
+
+def pid_file(address: str, native_port: int, namespace: str | None = None) -> Path:
+    """The pid file of the node on ``address:native_port`` in ``namespace`` (default:
+    this process's network namespace)."""
+    return run_dir() / f"{address}-{native_port}@{namespace or network_namespace()}.pid"
 
 
 def rm_node_dir(path: Path) -> None:
