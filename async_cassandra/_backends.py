@@ -62,9 +62,16 @@ class BackendKit(Protocol):
         :meth:`schedule` serves and a wake-up would be wasted. Any thread."""
         ...
 
-    def schedule(self, fn: Callable[[], None]) -> None:
+    def schedule(self, fn: Callable[[], None]) -> bool:
         """Ask the loop to call ``fn`` in a later turn, after it has looked at its timers
-        and I/O. On the loop thread only."""
+        and I/O. On the loop thread only. False (and ``fn`` never called) only in the
+        last moments of a trio run, once it takes no more callbacks."""
+        ...
+
+    def closed(self) -> bool:
+        """Whether the loop is known to run no more of what was scheduled: an asyncio
+        loop that was closed (maybe with callbacks still queued), a trio run that
+        refused one. Any thread; cheap."""
         ...
 
     def clock(self) -> float:
@@ -125,12 +132,17 @@ class _AsyncioKit:
         loop = self._loop_ref()
         return loop is not None and asyncio._get_running_loop() is loop
 
-    def schedule(self, fn: Callable[[], None]) -> None:
+    def schedule(self, fn: Callable[[], None]) -> bool:
         loop = self._loop_ref()
         assert loop is not None  # called on the running loop, which is alive
         # On the loop thread: no self-pipe write needed. A callback added now runs in
         # the next turn, after the turn's timers (cancel scopes' deadlines) are seen.
         loop.call_soon(fn)
+        return True
+
+    def closed(self) -> bool:
+        loop = self._loop_ref()
+        return loop is None or loop.is_closed()
 
     def clock(self) -> float:
         loop = self._loop_ref()
@@ -226,7 +238,15 @@ class ParkedTask:
 
 
 class _TrioKit:
-    __slots__ = ("_ended", "_runner", "_serving", "_soon", "_thread_id", "_token_ref")
+    __slots__ = (
+        "_ended",
+        "_finished",
+        "_runner",
+        "_serving",
+        "_soon",
+        "_thread_id",
+        "_token_ref",
+    )
 
     def __init__(self, token: Any) -> None:
         self._token_ref = weakref.ref(token)
@@ -238,6 +258,9 @@ class _TrioKit:
         self._runner = ParkedTask()  # runs them (see _serve)
         self._serving = False  # the runner task was started and has not ended
         self._ended = False  # it has ended: the run is ending, use run_sync_soon
+        # The run refused a callback (RunFinishedError): it runs nothing more. Until
+        # then trio runs every callback it took, even as the run ends.
+        self._finished = False
 
     def schedule_threadsafe(self, fn: Callable[[], None]) -> bool:
         token = self._token_ref()
@@ -248,19 +271,23 @@ class _TrioKit:
             # keeps every call, but the portal asks at most once per batch anyway.
             token.run_sync_soon(fn)
         except trio.RunFinishedError:
+            self._finished = True
             return False
         return True
+
+    def closed(self) -> bool:
+        return self._finished
 
     def in_loop(self) -> bool:
         # The thread first: driver threads call this for every wake-up they send.
         return threading.get_ident() == self._thread_id and self._in_this_run()
 
-    def schedule(self, fn: Callable[[], None]) -> None:
-        if not self._schedule_here(fn):
-            token = self._token_ref()
-            assert token is not None  # called on the running loop, which is alive
-            # The run is ending (the runner was cancelled): its entry queue still runs.
-            token.run_sync_soon(fn)
+    def schedule(self, fn: Callable[[], None]) -> bool:
+        if self._schedule_here(fn):
+            return True
+        # The run is ending (the runner was cancelled): its entry queue still runs,
+        # until trio closes it in the run's last moments.
+        return self.schedule_threadsafe(fn)
 
     def _schedule_here(self, fn: Callable[[], None]) -> bool:
         # Inside this run. run_sync_soon from there would write to trio's wake-up

@@ -22,6 +22,7 @@ from cassandra.cluster import (
 )
 from cassandra.cluster import Cluster as DriverCluster
 from cassandra.cluster import Session as DriverSession
+from cassandra.connection import Connection
 from cassandra.protocol import ErrorMessage, ExecuteMessage
 from cassandra.query import tuple_factory
 
@@ -30,6 +31,7 @@ from .exceptions import bad_argument
 __all__ = [
     "NOT_SET",
     "DirectWriteConnection",
+    "KeepsPartialSegmentHeaders",
     "a_new_timer_is_due",
     "batch_size",
     "check_payload",
@@ -343,6 +345,32 @@ def protocol_error_code(error: BaseException) -> int | None:
     return None
 
 
+class KeepsPartialSegmentHeaders(Connection):  # type: ignore[misc]
+    """A driver connection whose protocol v5 reader keeps a segment header that arrives
+    split over two reads. The base of both of the library's connection classes.
+
+    From protocol v5 on, the driver reads its socket's bytes as segments (a 6-byte
+    header, 8 when compressed, then the payload). Its decoder
+    (``Connection._process_segment_buffer``, cassandra-driver 3.29 and 3.30) looks for
+    a whole header in what was read so far; when fewer bytes than a header are there it
+    leaves its buffer's read position at the end, and the reset that follows
+    (``reset_io_buffer``, which keeps what lies after that position) throws those bytes
+    away. The next read then starts inside a header, and the connection fails with
+    "CRC mismatch on header", every request on it with it. Where a read ends is TCP's
+    choice: on loopback usually where the server's write ended (a segment boundary),
+    on a real network anywhere. Here those bytes stay for the next read, as the driver's
+    decoder already keeps a whole header whose payload has not all arrived.
+    """
+
+    def _process_segment_buffer(self) -> None:
+        buffer = self._io_buffer
+        if buffer.readable_io_bytes() < self._segment_codec.header_length_with_crc:
+            buffer._segment_consumed = False
+            buffer.io_buffer.seek(0)  # the reset keeps what follows: all of it
+            return
+        super()._process_segment_buffer()
+
+
 try:
     from cassandra.io import libevreactor
 except DependencyException:  # the driver was built without its libev extension
@@ -359,9 +387,11 @@ def a_new_timer_is_due(timers: Any, now: float) -> bool:
 
 if libevreactor is not None:
 
-    class DirectWriteConnection(libevreactor.LibevConnection):  # type: ignore[misc]
+    class DirectWriteConnection(KeepsPartialSegmentHeaders, libevreactor.LibevConnection):  # type: ignore[misc]
         """The driver's libev connection, except that a request alone on its connection
-        is written by the thread that sends it, not by the reactor thread.
+        is written by the thread that sends it, not by the reactor thread (and a
+        protocol v5 segment header split over two reads is kept: see
+        :class:`KeepsPartialSegmentHeaders`).
 
         The libev connection queues every message and wakes its reactor thread to write
         it. With nothing else in flight that thread is asleep, and waking it (a thread

@@ -86,9 +86,13 @@ class Reactor(Protocol):
     """The loop one cluster's connections and timers are served by."""
 
     thread_id: int
-    # time.time() minus the loop's clock, read once: the driver's timers end at a
-    # time.time(), and converting each with this one offset keeps their order exact.
+    # time.time() minus the loop's clock (see loop_time_of): the driver's timers end
+    # at a time.time(), the loop's at a reading of its own clock.
     wall_minus_loop: float
+
+    def clock(self) -> float:
+        """The loop's clock, as ``call_at`` takes it. Loop thread."""
+        ...
 
     @property
     def gone(self) -> bool:
@@ -113,6 +117,37 @@ class Reactor(Protocol):
     def close(self) -> None:
         """Stop what the reactor itself runs (trio's timer task). Loop thread."""
         ...
+
+
+# A change of time.time() against the loop's clock larger than this is a step of the
+# wall clock: NTP daemons step it only for larger errors (they slew it, and the loop's
+# clock with it, for smaller ones), and so does a suspended machine or VM resuming.
+_WALL_CLOCK_STEP = 0.1
+# The two clocks are read between two readings of the loop's: closer than this, the
+# offset read is true to within it (never a step), else it is not used.
+_CLOCKS_READ_TOGETHER = 0.01
+
+
+def loop_time_of(reactor: Reactor, end: float) -> float:
+    """The reading of the loop's clock at which ``end``, a ``time.time()``, comes. Loop
+    thread.
+
+    Converted with one offset, read when the reactor was made, so timers keep exactly
+    the driver's order (reading both clocks for each would jitter by microseconds); but
+    read again, and kept, when the wall clock has stepped since: with the old offset
+    every later timer would fire late by the step (a request timeout that never comes)
+    or early by it (requests timed out before the server could answer). Timers already
+    armed keep their time on the loop's clock, which does not step.
+    """
+    before = reactor.clock()
+    wall = time.time()
+    after = reactor.clock()
+    offset = wall - before
+    if abs(offset - reactor.wall_minus_loop) > _WALL_CLOCK_STEP and (
+        after - before < _CLOCKS_READ_TOGETHER
+    ):
+        reactor.wall_minus_loop = offset
+    return end - reactor.wall_minus_loop
 
 
 def call_on_loop(reactor: Reactor, fn: Callable[..., None], *args: Any) -> None:
@@ -145,7 +180,7 @@ class LoopTimer(Timer):  # type: ignore[misc]
     def _arm(self) -> None:
         if not self.canceled:
             reactor = self._reactor
-            self._handle = reactor.call_at(self.end - reactor.wall_minus_loop, self._fire)
+            self._handle = reactor.call_at(loop_time_of(reactor, self.end), self._fire)
 
     def _fire(self) -> None:
         self._handle = None
@@ -158,13 +193,19 @@ class LoopTimer(Timer):  # type: ignore[misc]
             log.exception("a driver timer's callback failed")
 
     def cancel(self) -> None:
-        # Any thread (the driver cancels a request's timer where its answer arrives).
-        # Off the loop the flag alone is enough: _fire checks it when the time comes.
+        # Any thread (the driver cancels a request's timer where its answer arrives,
+        # which is the loop, or where it fails the connection's requests: a driver
+        # thread). The flag is enough for _fire, which checks it; the loop's handle is
+        # cancelled too, on the loop, because it holds the callback (and with it the
+        # request and its answer) until the timer's time, 10 s by default.
         self.canceled = True
-        if threading.get_ident() == self._reactor.thread_id:
-            handle, self._handle = self._handle, None
-            if handle is not None:
-                handle.cancel()
+        with contextlib.suppress(ConnectionShutdown):  # gone: nothing is held then
+            call_on_loop(self._reactor, self._drop_handle)
+
+    def _drop_handle(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.cancel()
 
 
 def alone_in_flight(connection: ReadyConnection) -> bool:
@@ -221,6 +262,9 @@ class _AsyncioReactor:
         self._loop = loop
         self.thread_id = threading.get_ident()
         self.wall_minus_loop = time.time() - loop.time()
+
+    def clock(self) -> float:
+        return self._loop.time()
 
     @property
     def gone(self) -> bool:
@@ -361,6 +405,9 @@ class _TrioReactor:
         self._closed = False
         trio.lowlevel.spawn_system_task(self._run_timers, name="async-cassandra timers")
 
+    def clock(self) -> float:
+        return float(trio.current_time())
+
     def run_soon(self, fn: Callable[..., None], *args: Any) -> None:
         try:
             # Documented as safe from any thread, never blocking.
@@ -473,7 +520,12 @@ class _TrioIO:
         connection = self._connection
         try:
             with self._scopes[0]:
-                while True:
+                # Checked before each wait: trio registers the socket's descriptor with
+                # its selector before it looks at the cancellation, and a socket closed
+                # before this task first ran (close() right after start(), as the
+                # driver's factory does when a connection is not ready in time) has
+                # none: ValueError, which would end the whole run.
+                while not self._closed:
                     await trio.lowlevel.wait_readable(self._socket)
                     if not connection.handle_readable():
                         return
@@ -487,16 +539,18 @@ class _TrioIO:
         out = self._out
         try:
             with self._scopes[1]:
-                while True:
+                while not self._closed:  # see _read
                     if not out:
                         await self._writer.park()
+                        continue  # woken by send(): look at _closed again first
                     rest = send_queued(out, self._socket, self._connection)
                     if rest is None:
                         return
                     if rest:
                         # Ahead of what is queued while the socket drains.
                         out.append(rest)
-                        await trio.lowlevel.wait_writable(self._socket)
+                        if not self._closed:  # send_queued may have closed it
+                            await trio.lowlevel.wait_writable(self._socket)
         except trio.Cancelled:
             self._lost_the_run()
             raise

@@ -46,7 +46,16 @@ class Portal:
     Also the loop's :class:`~async_cassandra._outbox.Outbox`, for the other direction.
     """
 
-    __slots__ = ("__weakref__", "_kit", "_lock", "_queue", "_wake_pending", "outbox", "wakeups")
+    __slots__ = (
+        "__weakref__",
+        "_gone",
+        "_kit",
+        "_lock",
+        "_queue",
+        "_wake_pending",
+        "outbox",
+        "wakeups",
+    )
 
     def __init__(self, kit: BackendKit) -> None:
         self._kit = kit
@@ -57,6 +66,9 @@ class Portal:
         # Guards only the "a wake-up is already on its way" flag.
         self._lock = threading.Lock()
         self._wake_pending = False
+        # The loop was found gone: every later delivery is refused at once. Set once,
+        # read without the lock (a delivery that misses it finds the loop gone itself).
+        self._gone = False
         self.wakeups = 0  # introspection: how many times the loop was woken
 
     def new_waiter(self) -> Waiter:
@@ -66,26 +78,34 @@ class Portal:
     def deliver(self, waiter: Waiter, value: Any, error: BaseException | None = None) -> bool:
         """Resolve ``waiter`` on its loop with ``value`` (or ``error``). Any thread.
 
-        Returns False if the loop was found gone, so the value was dropped.
+        Returns False if the loop was found gone, so the value was dropped (then, and
+        from then on: the in-flight limiter hands a freed slot to the next waiter when
+        one is refused, see InFlightLimiter.release).
         """
+        if self._gone:
+            return False
         self._queue.append((waiter, value, error))
         with self._lock:
-            if self._wake_pending:
-                # The pending drain has not started yet, or has started but will see
-                # this item: it clears the flag *before* it empties the queue.
-                return True
+            wake = not self._wake_pending
             self._wake_pending = True
-        if self._kit.in_loop():
+        if not wake:
+            # The pending drain has not started yet, or has started but will see this
+            # item: it clears the flag *before* it empties the queue. Unless the loop
+            # was closed with that drain still queued, which asyncio allows.
+            if not self._kit.closed():
+                return True
+        elif self._kit.in_loop():
             # The loop's own thread (EventLoopConnection's reader, or a completion
             # inline on the caller): the loop is awake, a wake-up would only cost a
             # write to its self-pipe and a turn to read it back.
-            self._kit.schedule(self._drain_batch)
+            if self._kit.schedule(self._drain_batch):
+                return True
+        elif self._kit.schedule_threadsafe(self._drain):
             return True
-        if not self._kit.schedule_threadsafe(self._drain):
-            # The loop is gone; so are its waiters. Forget what was queued.
-            self._queue.clear()
-            return False
-        return True
+        # The loop is gone; so are its waiters. Forget what was queued, and what comes.
+        self._gone = True
+        self._queue.clear()
+        return False
 
     @property
     def pending(self) -> int:

@@ -53,8 +53,9 @@ from __future__ import annotations
 import threading
 from typing import Any, ClassVar
 
-from cassandra.connection import Connection, ConnectionException, ConnectionShutdown
+from cassandra.connection import ConnectionException, ConnectionShutdown
 
+from ._driver import KeepsPartialSegmentHeaders
 from ._loop_reactor import LoopTimer, Reactor, call_on_loop
 
 __all__ = ["EventLoopConnection"]
@@ -66,7 +67,7 @@ _UNBOUND = (
 )
 
 
-class EventLoopConnection(Connection):  # type: ignore[misc]
+class EventLoopConnection(KeepsPartialSegmentHeaders):
     """A driver connection (``cassandra.connection.Connection``) whose socket I/O and
     timers run on the event loop that connected the cluster. Pass it as
     ``AsyncCluster(..., connection_class=EventLoopConnection)``; see the module's
@@ -170,9 +171,10 @@ class EventLoopConnection(Connection):  # type: ignore[misc]
         buffer = self._iobuf
         got = False
         ended = False
-        # Until a short read, as the driver's reactors do: the driver's protocol v5
-        # segment decoder loses a partial segment header left at the end of its buffer
-        # ("CRC mismatch on header" under load with one recv per readable event).
+        # Until a short read, as the driver's reactors do: one pass of the decoder for
+        # all that is there. (A segment header cut by the end of a read is kept for the
+        # next: see KeepsPartialSegmentHeaders; one recv per readable event made the
+        # driver's decoder lose such headers often, "CRC mismatch on header" under load.)
         while True:
             try:
                 chunk = self._socket.recv(size)

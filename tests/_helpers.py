@@ -13,6 +13,10 @@ from typing import Any
 
 import anyio
 import pytest
+from cassandra.connection import Connection, DefaultEndPoint
+
+from async_cassandra._loop_reactor import Reactor, bind_to_running_loop
+from async_cassandra.connection import EventLoopConnection
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -96,3 +100,20 @@ def poll_until(condition: Callable[[], bool], what: str, limit: float = 10.0) ->
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting until {what} (not within {limit} s)")
         time.sleep(0.05)
+
+
+def socket_pair_connection() -> tuple[EventLoopConnection, socket.socket, Reactor]:
+    """An EventLoopConnection over one end of a socket pair, with the state its I/O uses
+    (its __init__ would connect to a node), not started; the other end, and the
+    reactor. Loop thread."""
+    bound = bind_to_running_loop(EventLoopConnection)
+    connection = bound.__new__(bound)
+    Connection.__init__(connection, DefaultEndPoint("127.0.0.1", 9042))
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    reactor = bound._reactor
+    assert reactor is not None
+    connection._socket = ours
+    connection._loop_reactor = reactor
+    connection._io = reactor.io_for(connection)
+    return connection, peer, reactor

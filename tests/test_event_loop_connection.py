@@ -24,15 +24,14 @@ import pytest
 from _helpers import (
     a_large_message_and_those_behind_it_arrive_whole,
     pool_connections,
+    socket_pair_connection,
     wait_until,
 )
 from cassandra import OperationTimedOut
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
 from cassandra.connection import (
-    Connection,
     ConnectionException,
     ConnectionShutdown,
-    DefaultEndPoint,
 )
 from cassandra.policies import RoundRobinPolicy
 
@@ -44,7 +43,6 @@ from async_cassandra import (
 )
 from async_cassandra._loop_reactor import (
     LoopTimer,
-    bind_to_running_loop,
     reactor_for_running_loop,
 )
 from async_cassandra.connection import EventLoopConnection
@@ -349,21 +347,23 @@ async def test_cancelled_timers_are_not_held_until_due() -> None:
         reactor.close()
 
 
-def socket_pair_connection() -> tuple[EventLoopConnection, socket.socket, Any]:
-    """An EventLoopConnection over one end of a socket pair, with the state its I/O uses
-    (its __init__ would connect to a node), not started; the other end, and the
-    reactor. Loop thread."""
-    bound = bind_to_running_loop(EventLoopConnection)
-    connection = bound.__new__(bound)
-    Connection.__init__(connection, DefaultEndPoint("127.0.0.1", 9042))
-    ours, peer = socket.socketpair()
-    ours.setblocking(False)
-    reactor = bound._reactor
-    assert reactor is not None
-    connection._socket = ours
-    connection._loop_reactor = reactor
-    connection._io = reactor.io_for(connection)
-    return connection, peer, reactor
+async def test_a_connection_closed_before_its_io_first_runs_ends_quietly() -> None:
+    # The driver's factory closes a connection that is not ready in time, and its
+    # start, its handshake and its close can reach the loop together, before trio's
+    # reader and writer tasks have first run: they then met a closed socket, and
+    # trio's ValueError for its descriptor (-1) ended the whole run.
+    connection, peer, reactor = socket_pair_connection()
+    try:
+        connection._io.start()
+        connection.push(b"a handshake")
+        connection.close()
+        for _ in range(3):  # the tasks' first steps, and then some
+            await anyio.lowlevel.checkpoint()
+        assert connection.is_closed
+        assert connection._socket.fileno() == -1
+    finally:
+        peer.close()
+        reactor.close()
 
 
 async def test_a_failed_direct_write_fails_the_connection_in_the_writers_turn() -> None:
@@ -400,6 +400,48 @@ async def test_the_end_of_the_stream_defuncts_the_connection() -> None:
         assert connection._socket.fileno() == -1  # closed by the connection
     finally:
         connection._socket.close()
+        reactor.close()
+
+
+@pytest.mark.parametrize("step", [100.0, -100.0], ids=["forward", "backward"])
+async def test_timers_made_after_the_wall_clock_steps_keep_their_length(step: float) -> None:
+    # The driver's timers end at a time.time(), the loop's clock does not step with it.
+    # As if time.time() had stepped by ``step`` seconds since the reactor read the two
+    # clocks: with that old reading, a 0.05 s timer fired 100 s late (forward) and a
+    # 50 s one at once (backward).
+    reactor = reactor_for_running_loop()
+    reactor.wall_minus_loop -= step
+    fired: list[str] = []
+    short_fired = anyio.Event()
+    try:
+        long = LoopTimer(50, lambda: fired.append("50 s"), reactor)
+        LoopTimer(0.05, short_fired.set, reactor)
+        with anyio.fail_after(20):  # fired after 0.05 s, not after 100
+            await short_fired.wait()
+        assert fired == []  # the 50 s timer is not due
+        long.cancel()
+    finally:
+        reactor.close()
+
+
+async def test_a_timer_cancelled_on_another_thread_lets_go_of_its_callback() -> None:
+    # The driver fails a connection's requests (and cancels their timers) on its own
+    # threads too: the loop's handle then held each request until the timer's time.
+    reactor = reactor_for_running_loop()
+
+    class Request:
+        def on_timeout(self) -> None:
+            raise AssertionError("a cancelled timer fired")
+
+    try:
+        request = Request()
+        alive = weakref.ref(request)
+        timer = LoopTimer(600, request.on_timeout, reactor)
+        del request
+        await anyio.to_thread.run_sync(timer.cancel)
+        del timer  # what is left: the loop's handle, until the loop has cancelled it
+        await wait_until(lambda: alive() is None, "the callback let go")
+    finally:
         reactor.close()
 
 

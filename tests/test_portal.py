@@ -6,6 +6,7 @@ cannot be made to produce on demand.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -156,9 +157,48 @@ def test_delivering_to_a_finished_loop_is_harmless() -> None:
     for backend in ("asyncio", "trio"):
         portal, waiter = anyio.run(portal_and_waiter, backend=backend)
         outcome: list[bool] = []
-        in_thread(lambda: outcome.append(portal.deliver(waiter, 1)))  # noqa: B023
-        assert outcome == [False]
+        for _ in range(3):  # each is refused, not only the first
+            in_thread(lambda: outcome.append(portal.deliver(waiter, 1)))  # noqa: B023
+        assert outcome == [False, False, False]
         assert portal.pending == 0
+
+
+def test_a_loop_closed_with_a_drain_still_queued_refuses_deliveries() -> None:
+    # asyncio lets a loop be closed with callbacks queued (run_until_complete, then
+    # close): a drain asked for then never runs, and deliveries meanwhile saw "a drain
+    # is on its way" and reported success for good.
+    loop = asyncio.new_event_loop()
+    portal, waiter = loop.run_until_complete(portal_and_waiter())
+    outcome: list[bool] = []
+    in_thread(lambda: outcome.append(portal.deliver(waiter, 1)))  # the drain is queued
+    loop.close()
+    for _ in range(2):
+        in_thread(lambda: outcome.append(portal.deliver(waiter, 2)))
+    assert outcome == [True, False, False]
+    assert portal.pending == 0
+
+
+def test_a_slot_freed_for_waiters_of_a_closed_loop_is_not_lost() -> None:
+    # The in-flight limiter hands a freed slot to the next waiter; each waiter whose
+    # loop is gone must refuse it, not only the first, or the slot is lost for good.
+    limiter = InFlightLimiter(1)
+    assert limiter.try_acquire()
+    loop = asyncio.new_event_loop()
+
+    tasks: list[asyncio.Future[None]] = []
+
+    async def wait_for_the_slot() -> None:
+        portal = current_portal()
+        tasks.extend(asyncio.ensure_future(limiter.acquire(portal)) for _ in range(3))
+        await asyncio.sleep(0)  # three tasks wait for the one slot
+
+    loop.run_until_complete(wait_for_the_slot())
+    assert limiter.waiting == 3
+    loop.close()  # with its tasks still waiting (run_until_complete, then close)
+    in_thread(limiter.release)  # refused by all three
+    assert (limiter.in_use, limiter.waiting) == (0, 0)
+    assert limiter.try_acquire()
+    assert not any(task.done() for task in tasks)
 
 
 async def test_completions_on_the_loops_own_thread_need_no_wake_up() -> None:
