@@ -38,9 +38,12 @@ The rules that come with it:
   loop it blocks.
 * A blocked loop stops the I/O too. The driver's blocking API
   (``session.driver_session.execute``, ``ResponseFuture.result()``) called on the
-  loop's thread waits for ever: the answer and the driver's timeout both need that
-  loop. A loop held up for longer than a request's timeout fails the requests then in
-  flight with a timeout, even when the server has answered.
+  loop's thread waits until the driver's heartbeat gives up on the connection (a
+  minute or more with the driver's defaults), then fails with ``ConnectionShutdown``
+  with every request on that connection; Ctrl-C does not interrupt it: the answer and
+  the driver's timeout both need that loop. A loop held up for longer than a
+  request's timeout may fail the requests then in flight with a timeout even when the
+  server has answered (their timers and their answers wait for the loop alike).
 * No TLS (``ssl_context`` / ``ssl_options``): :class:`AsyncCluster` raises
   :class:`~async_cassandra.ConfigurationError` for the pair.
 

@@ -929,6 +929,8 @@ def main() -> None:
     for name, status in peers.items():
         if not status["available"]:
             print(f"!!! peer {name} NOT MEASURED: {status['reason']}")
+    if args.quick and targets:
+        print("(--quick: one short round against a cold server; the verdicts below mean nothing)")
     for name, verdict in targets.items():
         print(
             f"target {name}: {verdict['vs_driver']:.2f}x the driver's callback paging "
