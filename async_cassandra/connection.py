@@ -59,7 +59,7 @@ from typing import Any, ClassVar
 from cassandra.connection import ConnectionException, ConnectionShutdown
 
 from ._driver import KeepsPartialSegmentHeaders
-from ._loop_reactor import LoopTimer, Reactor, call_on_loop
+from ._loop_reactor import LoopTimer, Reactor, call_on_loop, loop_gone
 
 __all__ = ["EventLoopConnection"]
 
@@ -117,6 +117,10 @@ class EventLoopConnection(KeepsPartialSegmentHeaders):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # A driver thread (the factory refuses the loop's).
         reactor = self._bound_reactor()
+        if reactor.gone:
+            # The driver reconnects on a backoff for as long as the cluster lives:
+            # each attempt would open a socket to the node only to close it.
+            raise loop_gone("event loop")
         super().__init__(*args, **kwargs)
         if self.ssl_context is not None:
             raise ConnectionException(

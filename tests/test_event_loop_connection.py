@@ -32,6 +32,7 @@ from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
 from cassandra.connection import (
     ConnectionException,
     ConnectionShutdown,
+    DefaultEndPoint,
 )
 from cassandra.policies import RoundRobinPolicy
 
@@ -43,6 +44,7 @@ from async_cassandra import (
 )
 from async_cassandra._loop_reactor import (
     LoopTimer,
+    bind_to_running_loop,
     reactor_for_running_loop,
 )
 from async_cassandra.connection import EventLoopConnection
@@ -245,6 +247,27 @@ async def test_once_its_loop_is_gone_requests_fail_saying_so(
     finally:
         with anyio.fail_after(30):
             await cluster.shutdown()
+
+
+def test_no_connection_is_opened_for_a_loop_that_is_gone(
+    anyio_backend: tuple[str, dict[str, Any]],
+) -> None:
+    # The driver goes on reconnecting to a node on a backoff: once the serving loop is
+    # gone, each attempt opened a socket to the node only to close it.
+    backend, options = anyio_backend
+
+    async def bind() -> type[EventLoopConnection]:
+        return bind_to_running_loop(EventLoopConnection)
+
+    bound = anyio.run(bind, backend=backend, backend_options=options)  # that run ends
+    with socket.socket() as node:
+        node.bind(("127.0.0.1", 0))
+        node.listen()
+        node.setblocking(False)
+        with pytest.raises(ConnectionShutdown, match="is gone"):
+            bound(DefaultEndPoint("127.0.0.1", node.getsockname()[1]))
+        with pytest.raises(BlockingIOError):
+            node.accept()  # nothing ever connected
 
 
 def test_a_later_loop_on_the_same_thread_is_told_the_serving_loop_is_gone(
