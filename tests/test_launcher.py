@@ -8,6 +8,7 @@ Real node starts cost ~10 s each on a 2-core machine: keep them few.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -165,9 +166,11 @@ def test_port_in_use_names_address_and_port() -> None:
     assert not pid_file("127.0.3.2", 9042).exists()
 
 
-def test_node_of_a_live_run_is_not_killed(tmp_path: Path) -> None:
-    # A stand-in whose command line looks like one of our nodes (main class + node dir),
-    # owned by this very (live) process: it is somebody's running node, not a stale one.
+@contextlib.contextmanager
+def node_of_this_live_process(tmp_path: Path) -> Iterator[PidRecord]:
+    """A stand-in whose command line looks like one of our nodes (main class + node
+    dir), owned by this very (live) process: somebody's running node, not a stale one.
+    Its pid record, written nowhere yet."""
     node_dir = tmp_path / "node1"
     node_dir.mkdir()
     (node_dir / NODE_MARKER).touch()
@@ -175,49 +178,44 @@ def test_node_of_a_live_run_is_not_killed(tmp_path: Path) -> None:
         [sys.executable, "-c", "import time; time.sleep(120)", MAIN_CLASS, str(node_dir)]
     )
     try:
-        owner_start = start_time(os.getpid())
-        record = PidRecord(fake.pid, node_dir, None, os.getpid(), owner_start)
-        record.write(pid_file("127.0.3.9", 9042))
-        assert record.is_our_node()
-        with pytest.raises(
-            LauncherError, match=rf"of another running process \(pid {os.getpid()}\)"
-        ):
-            LocalCassandra(address="127.0.3.9").start()
-        assert fake.poll() is None
-        assert node_dir.exists()
+        yield PidRecord(fake.pid, node_dir, None, os.getpid(), start_time(os.getpid()))
+        assert fake.poll() is None  # never killed
     finally:
         fake.kill()
         fake.wait()
+
+
+def test_node_of_a_live_run_is_not_killed(tmp_path: Path) -> None:
+    try:
+        with node_of_this_live_process(tmp_path) as record:
+            record.write(pid_file("127.0.3.9", 9042))
+            assert record.is_our_node()
+            with pytest.raises(
+                LauncherError, match=rf"of another running process \(pid {os.getpid()}\)"
+            ):
+                LocalCassandra(address="127.0.3.9").start()
+            assert record.node_dir.exists()
+    finally:
         pid_file("127.0.3.9", 9042).unlink(missing_ok=True)
 
 
 def test_a_node_in_another_network_namespace_is_not_in_the_way(tmp_path: Path) -> None:
     # The same address and port in another network namespace (`ip netns exec`) is
-    # another socket: a live run's node recorded there must not stop a start here. The
-    # stand-in is as in the test above; clear_stale is the launcher's check before a
-    # start (the same record in this namespace's pid file makes it refuse).
-    node_dir = tmp_path / "node1"
-    node_dir.mkdir()
-    (node_dir / NODE_MARKER).touch()
-    fake = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(120)", MAIN_CLASS, str(node_dir)]
-    )
+    # another socket: a live run's node recorded there must not stop a start here.
+    # clear_stale is the launcher's check before a start (the same record in this
+    # namespace's pid file makes it refuse).
     elsewhere = pid_file("127.0.3.10", 9042, namespace="net1")
     here = pid_file("127.0.3.10", 9042)
+    assert network_namespace() != "net1"
     try:
-        assert network_namespace() != "net1"
-        record = PidRecord(fake.pid, node_dir, None, os.getpid(), start_time(os.getpid()))
-        record.write(elsewhere)
-        clear_stale("127.0.3.10", 9042)  # nothing of this namespace's: no error
-        assert fake.poll() is None
-        assert elsewhere.exists()
-        record.write(here)
-        with pytest.raises(LauncherError, match="of another running process"):
-            clear_stale("127.0.3.10", 9042)
-        assert fake.poll() is None
+        with node_of_this_live_process(tmp_path) as record:
+            record.write(elsewhere)
+            clear_stale("127.0.3.10", 9042)  # nothing of this namespace's: no error
+            assert elsewhere.exists()
+            record.write(here)
+            with pytest.raises(LauncherError, match="of another running process"):
+                clear_stale("127.0.3.10", 9042)
     finally:
-        fake.kill()
-        fake.wait()
         elsewhere.unlink(missing_ok=True)
         here.unlink(missing_ok=True)
 
