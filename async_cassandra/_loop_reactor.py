@@ -199,8 +199,14 @@ class LoopTimer(Timer):  # type: ignore[misc]
         # cancelled too, on the loop, because it holds the callback (and with it the
         # request and its answer) until the timer's time, 10 s by default.
         self.canceled = True
-        with contextlib.suppress(ConnectionShutdown):  # gone: nothing is held then
-            call_on_loop(self._reactor, self._drop_handle)
+        reactor = self._reactor
+        if threading.get_ident() == reactor.thread_id:
+            # Nothing else to ask here (unlike call_on_loop): a handle of a loop that
+            # is gone cancels harmlessly, and this runs for every request answered.
+            self._drop_handle()
+        else:
+            with contextlib.suppress(ConnectionShutdown):  # gone: nothing is held then
+                reactor.run_soon(self._drop_handle)
 
     def _drop_handle(self) -> None:
         handle, self._handle = self._handle, None
@@ -549,8 +555,7 @@ class _TrioIO:
                     if rest:
                         # Ahead of what is queued while the socket drains.
                         out.append(rest)
-                        if not self._closed:  # send_queued may have closed it
-                            await trio.lowlevel.wait_writable(self._socket)
+                        await trio.lowlevel.wait_writable(self._socket)
         except trio.Cancelled:
             self._lost_the_run()
             raise

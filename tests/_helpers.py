@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import pytest
@@ -19,6 +19,8 @@ from async_cassandra._loop_reactor import Reactor, bind_to_running_loop
 from async_cassandra.connection import EventLoopConnection
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+ConnectionT = TypeVar("ConnectionT", bound=Connection)
 
 
 def load_example(relative_path: str, module_name: str) -> ModuleType:
@@ -102,13 +104,20 @@ def poll_until(condition: Callable[[], bool], what: str, limit: float = 10.0) ->
         time.sleep(0.05)
 
 
+def unconnected(connection_class: type[ConnectionT]) -> ConnectionT:
+    """A connection of ``connection_class`` with the driver's own state (its buffers,
+    its requests) and no socket: its own __init__ would connect to a node."""
+    connection = connection_class.__new__(connection_class)
+    Connection.__init__(connection, DefaultEndPoint("127.0.0.1", 9042))
+    return connection
+
+
 def socket_pair_connection() -> tuple[EventLoopConnection, socket.socket, Reactor]:
     """An EventLoopConnection over one end of a socket pair, with the state its I/O uses
     (its __init__ would connect to a node), not started; the other end, and the
     reactor. Loop thread."""
     bound = bind_to_running_loop(EventLoopConnection)
-    connection = bound.__new__(bound)
-    Connection.__init__(connection, DefaultEndPoint("127.0.0.1", 9042))
+    connection = unconnected(bound)
     ours, peer = socket.socketpair()
     ours.setblocking(False)
     reactor = bound._reactor

@@ -15,8 +15,8 @@ import struct
 from typing import Any
 
 import pytest
-from _helpers import socket_pair_connection, wait_until
-from cassandra.connection import Connection, DefaultEndPoint, segment_codec_no_compression
+from _helpers import socket_pair_connection, unconnected, wait_until
+from cassandra.connection import segment_codec_no_compression
 from cassandra.protocol import ProtocolHandler, ReadyMessage
 
 from async_cassandra._driver import DirectWriteConnection, KeepsPartialSegmentHeaders
@@ -54,14 +54,6 @@ def awaiting(connection: Any, streams: list[int]) -> list[Any]:
     return answered
 
 
-def decoder_only(connection_class: type) -> Any:
-    """A connection of ``connection_class`` with the driver's buffers and no socket (its
-    own __init__ would connect)."""
-    connection = connection_class.__new__(connection_class)
-    Connection.__init__(connection, DefaultEndPoint("127.0.0.1", 9042))
-    return connection
-
-
 STREAMS = [1, 2, 3]
 
 
@@ -76,7 +68,7 @@ def test_every_split_of_the_bytes_is_decoded(connection_class: type) -> None:
     assert issubclass(connection_class, KeepsPartialSegmentHeaders)
     data = segments(STREAMS)
     for cut in range(1, len(data)):
-        connection = decoder_only(connection_class)
+        connection = unconnected(connection_class)
         answered = awaiting(connection, STREAMS)
         for chunk in (data[:cut], data[cut:]):
             connection._iobuf.write(chunk)
